@@ -1,0 +1,51 @@
+"""medcam: class activation maps for medical segmentation and classification networks.
+
+>>> import medcam
+>>> exp = medcam.explain(model, x, method="hirescam",
+...                      target=medcam.SegmentationTarget(2, pixels="predicted"),
+...                      layers="auto")
+>>> exp.maps  # layer -> float32 tensor (N, *spatial) at input size
+"""
+
+from medcam.api import Explanation, explain, resolve_layers
+from medcam.core.targets import (
+    Box,
+    ClassTarget,
+    Component,
+    Mask,
+    PixelSet,
+    Predicted,
+    SegmentationTarget,
+    TargetError,
+    Threshold,
+    Voxel,
+    WholeImage,
+    parse_pixel_set,
+)
+from medcam.methods.registry import create_method, list_methods
+from medcam.models.levels import Level, discover_levels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Box",
+    "ClassTarget",
+    "Component",
+    "Explanation",
+    "Level",
+    "Mask",
+    "PixelSet",
+    "Predicted",
+    "SegmentationTarget",
+    "TargetError",
+    "Threshold",
+    "Voxel",
+    "WholeImage",
+    "__version__",
+    "create_method",
+    "discover_levels",
+    "explain",
+    "list_methods",
+    "parse_pixel_set",
+    "resolve_layers",
+]

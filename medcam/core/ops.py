@@ -1,0 +1,78 @@
+"""Pure tensor math shared by the methods: no model access, no I/O.
+
+Every function works on maps shaped ``(N, *spatial)`` for any number of spatial
+dimensions; reductions run over ``range(1, x.ndim)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medcam.errors import UserError
+
+Normalization = Literal["minmax", "max"] | None
+NORMALIZATIONS: tuple[str | None, ...] = ("minmax", "max", None)
+
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def spatial_dims(x: Tensor, *, channels: bool) -> tuple[int, ...]:
+    """Axes of the spatial dimensions of ``x`` (batch first, channel second if ``channels``)."""
+    first = 2 if channels else 1
+    return tuple(range(first, x.ndim))
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Scale each sample to [0, 1]; a constant map becomes all zeros, never NaN."""
+    dims = spatial_dims(maps, channels=False)
+    lo = maps.amin(dim=dims, keepdim=True)
+    span = maps.amax(dim=dims, keepdim=True) - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (maps - lo) / safe, torch.zeros_like(maps))
+
+
+def divide_by_max(maps: Tensor) -> Tensor:
+    """Divide each sample by its maximum (the Vinogradova / Rheude code); max <= 0 gives zeros."""
+    dims = spatial_dims(maps, channels=False)
+    top = maps.amax(dim=dims, keepdim=True)
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.where(top > 0, maps / safe, torch.zeros_like(maps))
+
+
+def normalize(maps: Tensor, mode: Normalization) -> Tensor:
+    """Apply the named normalisation (``"minmax"``, ``"max"`` or ``None`` for raw maps)."""
+    if mode == "minmax":
+        return minmax(maps)
+    if mode == "max":
+        return divide_by_max(maps)
+    if mode is None:
+        return maps
+    raise UserError(f"normalize={mode!r} is not known; use one of {NORMALIZATIONS}")
+
+
+def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resize ``(N, *spatial)`` maps to ``size`` with (bi/tri)linear interpolation.
+
+    ``align_corners=False`` places voxel centres the way the input grid does, so a
+    map from a strided layer lines up with the input (the convention of MONAI and
+    pytorch-grad-cam).
+    """
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    ndim = len(size)
+    if ndim not in _INTERPOLATION:
+        raise UserError(f"maps with {ndim} spatial dimensions cannot be upsampled; use 1, 2 or 3")
+    resized = F.interpolate(maps.unsqueeze(1), size=size, mode=_INTERPOLATION[ndim], align_corners=False)
+    return resized.squeeze(1)
+
+
+def finalize(raw: Tensor, size: tuple[int, ...], *, relu: bool, normalization: Normalization) -> Tensor:
+    """The post-processing every method shares: ReLU -> upsample -> normalise, as float32."""
+    maps = raw.float()
+    if relu:
+        maps = maps.clamp_min(0)
+    return normalize(upsample(maps, size), normalization)

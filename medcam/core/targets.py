@@ -1,0 +1,400 @@
+"""Targets: what number an explanation explains.
+
+A target turns the model output into one differentiable score per sample:
+
+* :class:`ClassTarget` -- the logit of class ``c`` of a classifier, shape ``(N, C)``.
+* :class:`SegmentationTarget` -- ``S = sum over p in M of logit_c(p)`` for a
+  segmentation network, shape ``(N, C, *spatial)`` (Vinogradova et al. 2020;
+  Rheude et al.). ``M`` is a :class:`PixelSet` resolved on the model's own
+  prediction.
+
+Both work for softmax heads (one class per pixel) and multi-label sigmoid heads
+(nnU-Net region training, e.g. KiTS "kidney+masses", "masses", "tumor").
+
+A target is a specification; :meth:`bind` resolves it against one model output
+into a :class:`BoundTarget` whose class indices and pixel set are fixed, so that
+region methods score perturbed inputs on the same ``M``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from medcam.errors import UserError
+
+Activation = Literal["softmax", "sigmoid"]
+_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+class TargetError(UserError):
+    """A target cannot be resolved on this output; the message says how to pick another."""
+
+
+def class_probabilities(output: Tensor, activation: Activation) -> Tensor:
+    """Per-class probabilities along the channel axis (dim 1)."""
+    if activation == "softmax":
+        return output.softmax(dim=1)
+    return output.sigmoid()
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in _ACTIVATIONS:
+        raise UserError(f"activation={activation!r} is not known; use 'softmax' or 'sigmoid'")
+
+
+def _check_output(output: Tensor, *, spatial: bool) -> None:
+    if spatial and output.ndim < 3:
+        raise TargetError(
+            f"SegmentationTarget needs an output shaped (N, C, *spatial), got {tuple(output.shape)}; "
+            "use ClassTarget for a classifier"
+        )
+    if not spatial and output.ndim != 2:
+        raise TargetError(
+            f"ClassTarget needs an output shaped (N, C), got {tuple(output.shape)}; "
+            "use SegmentationTarget for a segmentation network"
+        )
+    if not torch.isfinite(output).all():
+        raise TargetError(
+            "the model output contains NaN or Inf values, so no explanation is defined; "
+            "check the input intensities and the checkpoint"
+        )
+
+
+def _check_index(index: int, channels: int) -> None:
+    if not 0 <= index < channels:
+        raise TargetError(
+            f"class index {index} is out of range for a model with {channels} output channels "
+            f"(valid: 0..{channels - 1})"
+        )
+
+
+@dataclass(frozen=True)
+class BoundTarget:
+    """A target resolved on one output: class per sample and, for segmentation, M.
+
+    ``mask`` is ``None`` for classification and a boolean tensor ``(N, *spatial)`` on
+    the output grid for segmentation.
+    """
+
+    classes: Tensor
+    activation: Activation
+    mask: Tensor | None = None
+    description: str = ""
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.mask is not None
+
+    def _class_channel(self, output: Tensor) -> Tensor:
+        """The class-c channel of each sample: ``(N,)`` or ``(N, *spatial)``."""
+        index = self.classes.to(output.device).view(-1, *([1] * (output.ndim - 1)))
+        index = index.expand(output.shape[0], 1, *output.shape[2:])
+        return output.gather(1, index).squeeze(1)
+
+    def score(self, output: Tensor) -> Tensor:
+        """Differentiable score per sample: the class logit, or its sum over M."""
+        logits = self._class_channel(output)
+        if self.mask is None:
+            return logits
+        mask = self.mask.to(device=logits.device, dtype=logits.dtype)
+        return (logits * mask).flatten(1).sum(dim=1)
+
+    def probability(self, output: Tensor) -> Tensor:
+        """Class probability per sample; for segmentation its mean over M.
+
+        Region methods and faithfulness metrics score inputs with this.
+        """
+        probs = self._class_channel(class_probabilities(output, self.activation))
+        if self.mask is None:
+            return probs
+        mask = self.mask.to(device=probs.device, dtype=probs.dtype)
+        return (probs * mask).flatten(1).sum(dim=1) / mask.flatten(1).sum(dim=1)
+
+    def select(self, samples: Tensor | slice) -> BoundTarget:
+        """The same target restricted to some samples of the batch."""
+        mask = None if self.mask is None else self.mask[samples]
+        return BoundTarget(self.classes[samples], self.activation, mask, self.description)
+
+    def repeat(self, times: int) -> BoundTarget:
+        """The target for a batch made of ``times`` copies of each sample, sample-major."""
+        mask = None if self.mask is None else self.mask.repeat_interleave(times, dim=0)
+        return BoundTarget(self.classes.repeat_interleave(times), self.activation, mask, self.description)
+
+
+class Target(ABC):
+    """A target specification, resolved on a model output by :meth:`bind`."""
+
+    @abstractmethod
+    def bind(self, output: Tensor) -> BoundTarget:
+        """Resolve class indices (and M) on ``output``; raise :class:`TargetError` if impossible."""
+
+
+@dataclass(frozen=True)
+class ClassTarget(Target):
+    """Explain class ``index`` of a classifier (``None``: each sample's predicted class)."""
+
+    index: int | Sequence[int] | None = None
+    activation: Activation = "softmax"
+
+    def __post_init__(self) -> None:
+        _check_activation(self.activation)
+
+    def bind(self, output: Tensor) -> BoundTarget:
+        _check_output(output, spatial=False)
+        n, channels = output.shape
+        if self.index is None:
+            classes = output.argmax(dim=1)
+        elif isinstance(self.index, int):
+            _check_index(self.index, channels)
+            classes = torch.full((n,), self.index, dtype=torch.long)
+        else:
+            if len(self.index) != n:
+                raise TargetError(f"ClassTarget got {len(self.index)} class indices for a batch of {n}")
+            for i in self.index:
+                _check_index(int(i), channels)
+            classes = torch.as_tensor(list(self.index), dtype=torch.long)
+        return BoundTarget(classes.to(output.device), self.activation, None, f"class {self.index}")
+
+
+# ---------------------------------------------------------------------------------------
+# Pixel sets
+
+
+class PixelSet(ABC):
+    """The set M of output pixels whose class-c logits a segmentation target sums."""
+
+    @abstractmethod
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        """Boolean ``(N, *spatial)`` mask on the output grid."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short, replayable definition (the CLI's ``--pixels`` syntax)."""
+
+
+def predicted_mask(probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+    """Where the model predicts class ``index``: argmax for softmax, p > 0.5 for sigmoid heads."""
+    if activation == "sigmoid":
+        return probabilities[:, index] > 0.5
+    return probabilities.argmax(dim=1) == index
+
+
+@dataclass(frozen=True)
+class Predicted(PixelSet):
+    """Pixels predicted as class c (argmax == c; sigmoid heads: p_c > 0.5). The default."""
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        return predicted_mask(probabilities, index, activation)
+
+    def describe(self) -> str:
+        return "predicted"
+
+
+@dataclass(frozen=True)
+class Threshold(PixelSet):
+    """Pixels whose class-c probability (softmax or sigmoid) exceeds ``threshold``."""
+
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise UserError(f"a probability threshold must be in [0, 1), got {self.threshold}")
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        return probabilities[:, index] > self.threshold
+
+    def describe(self) -> str:
+        return f"prob>{self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class WholeImage(PixelSet):
+    """Every output pixel."""
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        return torch.ones_like(probabilities[:, 0], dtype=torch.bool)
+
+    def describe(self) -> str:
+        return "image"
+
+
+@dataclass(frozen=True, eq=False)
+class Mask(PixelSet):
+    """A given boolean mask, ``(*spatial)`` or ``(N, *spatial)`` on the output grid."""
+
+    values: Tensor
+    label: str = "mask"
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        spatial = tuple(probabilities.shape[2:])
+        values = self.values.to(device=probabilities.device).bool()
+        if values.ndim == len(spatial):
+            values = values.unsqueeze(0).expand(probabilities.shape[0], *spatial)
+        if tuple(values.shape) != (probabilities.shape[0], *spatial):
+            raise TargetError(
+                f"the pixel-set mask has shape {tuple(self.values.shape)}, but the model output grid is "
+                f"{spatial} (batch {probabilities.shape[0]}); give a mask of shape {spatial}"
+            )
+        return values
+
+    def describe(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class Box(PixelSet):
+    """An axis-aligned box ``start <= p < stop`` in output index order."""
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.start) != len(self.stop):
+            raise UserError(f"box start {self.start} and stop {self.stop} differ in length")
+        if any(b <= a for a, b in zip(self.start, self.stop, strict=True)):
+            raise UserError(f"box start {self.start} must be below stop {self.stop} in every axis")
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        spatial = tuple(probabilities.shape[2:])
+        if len(self.start) != len(spatial):
+            raise TargetError(f"the box has {len(self.start)} coordinates, the output has {len(spatial)} axes")
+        if any(a < 0 or b > s for a, b, s in zip(self.start, self.stop, spatial, strict=True)):
+            raise TargetError(f"the box {self.start}..{self.stop} lies outside the output grid {spatial}")
+        out = torch.zeros_like(probabilities[:, 0], dtype=torch.bool)
+        region = (slice(None), *tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True)))
+        out[region] = True
+        return out
+
+    def describe(self) -> str:
+        return f"box:{','.join(map(str, self.start))}:{','.join(map(str, self.stop))}"
+
+
+@dataclass(frozen=True)
+class Voxel(PixelSet):
+    """A single pixel / voxel, in output index order."""
+
+    coords: tuple[int, ...]
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        stop = tuple(c + 1 for c in self.coords)
+        spatial = tuple(probabilities.shape[2:])
+        if len(self.coords) != len(spatial) or any(not 0 <= c < s for c, s in zip(self.coords, spatial, strict=True)):
+            raise TargetError(f"the voxel {self.coords} lies outside the output grid {spatial}")
+        return Box(self.coords, stop).mask(probabilities, index, activation)
+
+    def describe(self) -> str:
+        return f"voxel:{','.join(map(str, self.coords))}"
+
+
+@dataclass(frozen=True)
+class Component(PixelSet):
+    """The ``rank``-th largest connected component of the predicted class (1 = largest).
+
+    Connectivity is face adjacency (6 neighbours in 3D, 4 in 2D), scipy's default.
+    """
+
+    rank: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise UserError(f"component rank counts from 1 (the largest), got {self.rank}")
+
+    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+        predicted = predicted_mask(probabilities, index, activation).cpu().numpy()
+        out = np.zeros_like(predicted)
+        for n, sample in enumerate(predicted):
+            labels, count = ndimage.label(sample)
+            if count < self.rank:
+                raise TargetError(
+                    f"sample {n} has {count} connected component(s) of class {index}, "
+                    f"so component {self.rank} does not exist; pick a rank from 1 to {count} "
+                    "or another pixel set"
+                )
+            sizes = np.bincount(labels.ravel())[1:]
+            # stable order: larger first, then lower label id
+            order = np.lexsort((np.arange(count), -sizes))
+            out[n] = labels == order[self.rank - 1] + 1
+        return torch.from_numpy(out).to(probabilities.device)
+
+    def describe(self) -> str:
+        return f"component:{self.rank}"
+
+
+_INT_LIST = r"-?\d+(?:,-?\d+)*"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def parse_pixel_set(spec: str | Tensor | PixelSet) -> PixelSet:
+    """Build a pixel set from its short form.
+
+    ``"predicted"``, ``"prob>0.5"``, ``"image"``, ``"component"`` / ``"component:K"``,
+    ``"voxel:a,b[,c]"``, ``"box:a0,b0[,c0]:a1,b1[,c1]"`` (output index order, stop
+    exclusive), a boolean tensor, or a :class:`PixelSet`.
+    """
+    if isinstance(spec, PixelSet):
+        return spec
+    if isinstance(spec, Tensor):
+        return Mask(spec)
+    text = spec.strip().lower()
+    if text == "predicted":
+        return Predicted()
+    if text == "image":
+        return WholeImage()
+    if m := re.fullmatch(r"prob>([0-9.]+)", text):
+        return Threshold(float(m.group(1)))
+    if m := re.fullmatch(r"component(?::(\d+))?", text):
+        return Component(int(m.group(1) or 1))
+    if m := re.fullmatch(rf"voxel:({_INT_LIST})", text):
+        return Voxel(_ints(m.group(1)))
+    if m := re.fullmatch(rf"box:({_INT_LIST}):({_INT_LIST})", text):
+        return Box(_ints(m.group(1)), _ints(m.group(2)))
+    raise UserError(
+        f"pixel set {spec!r} is not known; use predicted, prob>T, image, component[:K], "
+        "voxel:a,b[,c], box:a0,b0[,c0]:a1,b1[,c1] or a boolean mask tensor"
+    )
+
+
+@dataclass(frozen=True)
+class SegmentationTarget(Target):
+    """Explain class ``index`` of a segmentation network over the pixel set ``pixels``.
+
+    ``S = sum over p in M of logit_index(p)``. Background (index 0) is a normal class.
+    """
+
+    index: int
+    pixels: str | Tensor | PixelSet = "predicted"
+    activation: Activation = "softmax"
+    pixel_set: PixelSet = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_activation(self.activation)
+        object.__setattr__(self, "pixel_set", parse_pixel_set(self.pixels))
+
+    def bind(self, output: Tensor) -> BoundTarget:
+        _check_output(output, spatial=True)
+        _check_index(self.index, output.shape[1])
+        with torch.no_grad():
+            probs = class_probabilities(output.detach(), self.activation)
+            mask = self.pixel_set.mask(probs, self.index, self.activation)
+        empty = (mask.flatten(1).sum(dim=1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise TargetError(
+                f"the pixel set M ({self.pixel_set.describe()}) is empty for class {self.index} "
+                f"in sample(s) {empty}: the model predicts no such pixels there; choose another "
+                "pixel set, e.g. pixels='image', 'prob>0.1' or a box"
+            )
+        classes = torch.full((output.shape[0],), self.index, dtype=torch.long, device=output.device)
+        description = f"class {self.index} over {self.pixel_set.describe()}"
+        return BoundTarget(classes, self.activation, mask, description)

@@ -1,0 +1,47 @@
+"""Method registry: name -> class. It feeds ``medcam.explain``, the CLI choices and the tests.
+
+A method is tested by the contract suite the moment it is listed here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from medcam.errors import UserError
+from medcam.methods.base import CAMMethod
+from medcam.methods.gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
+
+METHODS: dict[str, type[CAMMethod]] = {
+    CAM.name: CAM,
+    GradCAM.name: GradCAM,
+    GradCAMPlusPlus.name: GradCAMPlusPlus,
+    HiResCAM.name: HiResCAM,
+    XGradCAM.name: XGradCAM,
+}
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(METHODS)
+
+
+def create_method(name: str | CAMMethod, **options: Any) -> CAMMethod:
+    """Instantiate a method by name with its options; unknown names and options are named."""
+    if isinstance(name, CAMMethod):
+        if options:
+            raise TypeError(f"options {sorted(options)} apply only when the method is given by name")
+        return name
+    key = name.lower()
+    if key not in METHODS:
+        close = difflib.get_close_matches(key, list(METHODS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"method {name!r} is not known (valid: {', '.join(list_methods())}){hint}")
+    cls = METHODS[key]
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        valid = ", ".join(accepted) if accepted else "none"
+        raise TypeError(f"method {key!r} has no option(s) {unknown} (valid options: {valid})")
+    return cls(**options)
