@@ -9,7 +9,11 @@ A target turns the model output into one differentiable score per sample:
   prediction.
 
 Both work for softmax heads (one class per pixel) and multi-label sigmoid heads
-(nnU-Net region training, e.g. KiTS "kidney+masses", "masses", "tumor").
+(nnU-Net region training, e.g. KiTS "kidney+masses", "masses", "tumor"). On a
+softmax head a segmentation target may also name a *region*, a set of classes
+merged into one (KiTS "masses" = tumor + cyst): its logit is the logit of the
+merged class, ``logsumexp`` over the region's channels (exactly ``logit_c`` for one
+class), its probability the sum of the region's probabilities.
 
 A target is a specification; :meth:`bind` resolves it against one model output
 into a :class:`BoundTarget` whose class indices and pixel set are fixed, so that
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -89,20 +93,32 @@ class BoundTarget:
     activation: Activation
     mask: Tensor | None = None
     description: str = ""
+    region: tuple[int, ...] | None = None
 
     @property
     def is_segmentation(self) -> bool:
         return self.mask is not None
 
-    def _class_channel(self, output: Tensor) -> Tensor:
-        """The class-c channel of each sample: ``(N,)`` or ``(N, *spatial)``."""
+    def logit_map(self, output: Tensor) -> Tensor:
+        """The explained logit of each sample: ``(N,)`` or ``(N, *spatial)``."""
+        if self.region is not None:
+            return output[:, list(self.region)].logsumexp(dim=1)
         index = self.classes.to(output.device).view(-1, *([1] * (output.ndim - 1)))
         index = index.expand(output.shape[0], 1, *output.shape[2:])
         return output.gather(1, index).squeeze(1)
 
+    def probability_map(self, output: Tensor) -> Tensor:
+        """The explained class (or region) probability: ``(N,)`` or ``(N, *spatial)``."""
+        probs = class_probabilities(output, self.activation)
+        if self.region is not None:
+            return probs[:, list(self.region)].sum(dim=1)
+        index = self.classes.to(output.device).view(-1, *([1] * (output.ndim - 1)))
+        index = index.expand(output.shape[0], 1, *output.shape[2:])
+        return probs.gather(1, index).squeeze(1)
+
     def score(self, output: Tensor) -> Tensor:
         """Differentiable score per sample: the class logit, or its sum over M."""
-        logits = self._class_channel(output)
+        logits = self.logit_map(output)
         if self.mask is None:
             return logits
         mask = self.mask.to(device=logits.device, dtype=logits.dtype)
@@ -113,7 +129,7 @@ class BoundTarget:
 
         Region methods and faithfulness metrics score inputs with this.
         """
-        probs = self._class_channel(class_probabilities(output, self.activation))
+        probs = self.probability_map(output)
         if self.mask is None:
             return probs
         mask = self.mask.to(device=probs.device, dtype=probs.dtype)
@@ -122,12 +138,18 @@ class BoundTarget:
     def select(self, samples: Tensor | slice) -> BoundTarget:
         """The same target restricted to some samples of the batch."""
         mask = None if self.mask is None else self.mask[samples]
-        return BoundTarget(self.classes[samples], self.activation, mask, self.description)
+        return replace(self, classes=self.classes[samples], mask=mask)
 
     def repeat(self, times: int) -> BoundTarget:
         """The target for a batch made of ``times`` copies of each sample, sample-major."""
         mask = None if self.mask is None else self.mask.repeat_interleave(times, dim=0)
-        return BoundTarget(self.classes.repeat_interleave(times), self.activation, mask, self.description)
+        return replace(self, classes=self.classes.repeat_interleave(times), mask=mask)
+
+    def with_mask(self, mask: Tensor) -> BoundTarget:
+        """The same class with another pixel set (e.g. M warped into an augmented view)."""
+        if self.mask is None:
+            raise TargetError("a classification target has no pixel set to replace")
+        return replace(self, mask=mask.bool())
 
 
 class Target(ABC):
@@ -169,11 +191,28 @@ class ClassTarget(Target):
 # Pixel sets
 
 
+@dataclass(frozen=True)
+class ClassMaps:
+    """What a pixel set may look at: the explained class on the output grid.
+
+    ``probability``: its probability ``(N, *spatial)``; ``predicted``: where the model
+    predicts it (softmax: argmax in the class or region; sigmoid: p > 0.5).
+    """
+
+    probability: Tensor
+    predicted: Tensor
+    name: str
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.probability.shape[1:])
+
+
 class PixelSet(ABC):
     """The set M of output pixels whose class-c logits a segmentation target sums."""
 
     @abstractmethod
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+    def mask(self, maps: ClassMaps) -> Tensor:
         """Boolean ``(N, *spatial)`` mask on the output grid."""
 
     @abstractmethod
@@ -181,19 +220,12 @@ class PixelSet(ABC):
         """A short, replayable definition (the CLI's ``--pixels`` syntax)."""
 
 
-def predicted_mask(probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-    """Where the model predicts class ``index``: argmax for softmax, p > 0.5 for sigmoid heads."""
-    if activation == "sigmoid":
-        return probabilities[:, index] > 0.5
-    return probabilities.argmax(dim=1) == index
-
-
 @dataclass(frozen=True)
 class Predicted(PixelSet):
     """Pixels predicted as class c (argmax == c; sigmoid heads: p_c > 0.5). The default."""
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        return predicted_mask(probabilities, index, activation)
+    def mask(self, maps: ClassMaps) -> Tensor:
+        return maps.predicted
 
     def describe(self) -> str:
         return "predicted"
@@ -209,8 +241,8 @@ class Threshold(PixelSet):
         if not 0.0 <= self.threshold < 1.0:
             raise UserError(f"a probability threshold must be in [0, 1), got {self.threshold}")
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        return probabilities[:, index] > self.threshold
+    def mask(self, maps: ClassMaps) -> Tensor:
+        return maps.probability > self.threshold
 
     def describe(self) -> str:
         return f"prob>{self.threshold:g}"
@@ -220,8 +252,8 @@ class Threshold(PixelSet):
 class WholeImage(PixelSet):
     """Every output pixel."""
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        return torch.ones_like(probabilities[:, 0], dtype=torch.bool)
+    def mask(self, maps: ClassMaps) -> Tensor:
+        return torch.ones_like(maps.predicted)
 
     def describe(self) -> str:
         return "image"
@@ -234,15 +266,15 @@ class Mask(PixelSet):
     values: Tensor
     label: str = "mask"
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        spatial = tuple(probabilities.shape[2:])
-        values = self.values.to(device=probabilities.device).bool()
+    def mask(self, maps: ClassMaps) -> Tensor:
+        spatial, batch = maps.spatial, maps.predicted.shape[0]
+        values = self.values.to(device=maps.predicted.device).bool()
         if values.ndim == len(spatial):
-            values = values.unsqueeze(0).expand(probabilities.shape[0], *spatial)
-        if tuple(values.shape) != (probabilities.shape[0], *spatial):
+            values = values.unsqueeze(0).expand(batch, *spatial)
+        if tuple(values.shape) != (batch, *spatial):
             raise TargetError(
                 f"the pixel-set mask has shape {tuple(self.values.shape)}, but the model output grid is "
-                f"{spatial} (batch {probabilities.shape[0]}); give a mask of shape {spatial}"
+                f"{spatial} (batch {batch}); give a mask of shape {spatial}"
             )
         return values
 
@@ -263,13 +295,13 @@ class Box(PixelSet):
         if any(b <= a for a, b in zip(self.start, self.stop, strict=True)):
             raise UserError(f"box start {self.start} must be below stop {self.stop} in every axis")
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        spatial = tuple(probabilities.shape[2:])
+    def mask(self, maps: ClassMaps) -> Tensor:
+        spatial = maps.spatial
         if len(self.start) != len(spatial):
             raise TargetError(f"the box has {len(self.start)} coordinates, the output has {len(spatial)} axes")
         if any(a < 0 or b > s for a, b, s in zip(self.start, self.stop, spatial, strict=True)):
             raise TargetError(f"the box {self.start}..{self.stop} lies outside the output grid {spatial}")
-        out = torch.zeros_like(probabilities[:, 0], dtype=torch.bool)
+        out = torch.zeros_like(maps.predicted)
         region = (slice(None), *tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True)))
         out[region] = True
         return out
@@ -284,12 +316,12 @@ class Voxel(PixelSet):
 
     coords: tuple[int, ...]
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
+    def mask(self, maps: ClassMaps) -> Tensor:
         stop = tuple(c + 1 for c in self.coords)
-        spatial = tuple(probabilities.shape[2:])
+        spatial = maps.spatial
         if len(self.coords) != len(spatial) or any(not 0 <= c < s for c, s in zip(self.coords, spatial, strict=True)):
             raise TargetError(f"the voxel {self.coords} lies outside the output grid {spatial}")
-        return Box(self.coords, stop).mask(probabilities, index, activation)
+        return Box(self.coords, stop).mask(maps)
 
     def describe(self) -> str:
         return f"voxel:{','.join(map(str, self.coords))}"
@@ -308,14 +340,14 @@ class Component(PixelSet):
         if self.rank < 1:
             raise UserError(f"component rank counts from 1 (the largest), got {self.rank}")
 
-    def mask(self, probabilities: Tensor, index: int, activation: Activation) -> Tensor:
-        predicted = predicted_mask(probabilities, index, activation).cpu().numpy()
+    def mask(self, maps: ClassMaps) -> Tensor:
+        predicted = maps.predicted.cpu().numpy()
         out = np.zeros_like(predicted)
         for n, sample in enumerate(predicted):
             labels, count = ndimage.label(sample)
             if count < self.rank:
                 raise TargetError(
-                    f"sample {n} has {count} connected component(s) of class {index}, "
+                    f"sample {n} has {count} connected component(s) of {maps.name}, "
                     f"so component {self.rank} does not exist; pick a rank from 1 to {count} "
                     "or another pixel set"
                 )
@@ -323,7 +355,7 @@ class Component(PixelSet):
             # stable order: larger first, then lower label id
             order = np.lexsort((np.arange(count), -sizes))
             out[n] = labels == order[self.rank - 1] + 1
-        return torch.from_numpy(out).to(probabilities.device)
+        return torch.from_numpy(out).to(maps.predicted.device)
 
     def describe(self) -> str:
         return f"component:{self.rank}"
@@ -371,9 +403,11 @@ class SegmentationTarget(Target):
     """Explain class ``index`` of a segmentation network over the pixel set ``pixels``.
 
     ``S = sum over p in M of logit_index(p)``. Background (index 0) is a normal class.
+    ``index`` may be a tuple of classes of a softmax head, explained as one merged
+    region (see the module docstring).
     """
 
-    index: int
+    index: int | tuple[int, ...]
     pixels: str | Tensor | PixelSet = "predicted"
     activation: Activation = "softmax"
     pixel_set: PixelSet = field(init=False, repr=False, compare=False)
@@ -381,20 +415,43 @@ class SegmentationTarget(Target):
     def __post_init__(self) -> None:
         _check_activation(self.activation)
         object.__setattr__(self, "pixel_set", parse_pixel_set(self.pixels))
+        if isinstance(self.index, (tuple, list)):
+            region = tuple(sorted({int(i) for i in self.index}))
+            if not region:
+                raise UserError("a class region needs at least one class index")
+            if len(region) > 1 and self.activation == "sigmoid":
+                raise UserError(
+                    "a region of several classes is defined for softmax heads only; a sigmoid head's "
+                    "channels are regions already, so explain one channel"
+                )
+            object.__setattr__(self, "index", region[0] if len(region) == 1 else region)
+
+    @property
+    def region(self) -> tuple[int, ...] | None:
+        return self.index if isinstance(self.index, tuple) else None
 
     def bind(self, output: Tensor) -> BoundTarget:
         _check_output(output, spatial=True)
-        _check_index(self.index, output.shape[1])
+        channels: tuple[int, ...] = self.index if isinstance(self.index, tuple) else (self.index,)
+        for index in channels:
+            _check_index(index, output.shape[1])
+        first = channels[0]
+        classes = torch.full((output.shape[0],), first, dtype=torch.long, device=output.device)
+        name = f"class {self.index}" if self.region is None else f"classes {list(self.region)}"
+        unbound = BoundTarget(classes, self.activation, None, name, self.region)
         with torch.no_grad():
-            probs = class_probabilities(output.detach(), self.activation)
-            mask = self.pixel_set.mask(probs, self.index, self.activation)
+            detached = output.detach()
+            probability = unbound.probability_map(detached)
+            if self.activation == "sigmoid":
+                predicted = probability > 0.5
+            else:
+                predicted = torch.isin(detached.argmax(dim=1), torch.tensor(channels, device=output.device))
+            mask = self.pixel_set.mask(ClassMaps(probability, predicted, name))
         empty = (mask.flatten(1).sum(dim=1) == 0).nonzero().flatten().tolist()
         if empty:
             raise TargetError(
-                f"the pixel set M ({self.pixel_set.describe()}) is empty for class {self.index} "
+                f"the pixel set M ({self.pixel_set.describe()}) is empty for {name} "
                 f"in sample(s) {empty}: the model predicts no such pixels there; choose another "
                 "pixel set, e.g. pixels='image', 'prob>0.1' or a box"
             )
-        classes = torch.full((output.shape[0],), self.index, dtype=torch.long, device=output.device)
-        description = f"class {self.index} over {self.pixel_set.describe()}"
-        return BoundTarget(classes, self.activation, mask, description)
+        return replace(unbound, mask=mask, description=f"{name} over {self.pixel_set.describe()}")
