@@ -297,3 +297,29 @@ def test_box_outside_the_output_grid() -> None:
 
 def test_registry_lists_the_core_methods() -> None:
     assert {"cam", "gradcam", "gradcam++", "hirescam", "xgradcam"} <= set(medcam.list_methods())
+
+
+def test_parallel_frozen_branches_both_get_exact_gradients() -> None:
+    """The graph starts at the first hooked layer; a frozen branch hooked later must still count."""
+
+    class TwoBranches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 3, 3, padding=1)
+            self.b = nn.Conv2d(1, 3, 3, padding=1)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([self.a(x), self.b(x).relu()], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = TwoBranches()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = seeded_input(2)
+    exp = medcam.explain(model, x, "hirescam", target=1, layers=["a", "b"], relu=False, normalize=None)
+    a, b = model.a(x).requires_grad_(), model.b(x).requires_grad_()
+    score = model.head(torch.cat([a, b.relu()], 1).mean((2, 3)))[:, 1].sum()
+    ga, gb = torch.autograd.grad(score, [a, b])
+    torch.testing.assert_close(exp.maps["a"], (ga * a).sum(1).detach())
+    torch.testing.assert_close(exp.maps["b"], (gb * b).sum(1).detach())

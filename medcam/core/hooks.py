@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from medcam.errors import UserError
@@ -87,11 +88,22 @@ class LayerCapture:
     ``clone`` lists layers whose output is copied before the rest of the network sees
     it: needed when a later in-place operation (``ReLU(inplace=True)``) would overwrite
     the captured values. The engine detects that case and asks for it.
+
+    ``start_graph``: the caller runs the forward pass with autograd off; the first
+    hooked layer to run switches autograd on for the rest of the pass, and every hooked
+    output that does not require grad by then (the first one, or a branch with frozen
+    weights) becomes a leaf that does. Nothing computed before the first hooked layer
+    can depend on a hooked activation, so gradients are exact while that part of the
+    network records no graph (less time, much less memory).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], clone: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], clone: Sequence[str] = (), *, start_graph: bool = False
+    ) -> None:
         self.modules = {name: resolve_layer(model, name) for name in layers}
         self.clone = set(clone)
+        self.start_graph = start_graph
+        self.leaves: list[str] = []
         self.activations: dict[str, Tensor] = {}
         self.versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
@@ -105,9 +117,17 @@ class LayerCapture:
                     f"layer {name!r} returns a {type(output).__name__}, not a tensor; hook one of its "
                     "submodules that returns a feature map"
                 )
+            replacement = None
+            if self.start_graph:
+                torch.set_grad_enabled(True)  # the caller's context restores the mode on exit
+                if not output.requires_grad:
+                    self.leaves.append(name)
+                    output = replacement = output.detach().requires_grad_(True)
             self.activations[name] = output
             self.versions[name] = output._version
-            return output.clone() if name in self.clone else None
+            if name in self.clone:
+                return output.clone()
+            return replacement
 
         return record
 

@@ -3,9 +3,10 @@
 A :class:`Probe` wraps the user's model without changing it. ``capture`` runs ONE
 forward pass with hooks on the requested layers and, when asked, ONE
 ``torch.autograd.grad`` call for the gradients of the target score with respect to
-every captured activation: the backward pass stops at the earliest hooked layer and
-``param.grad`` is never written. ``forward`` runs the model without hooks or autograd
-(region methods score many perturbed inputs with it).
+every captured activation: autograd records the graph only from the earliest hooked
+layer on, the backward pass stops there and ``param.grad`` is never written.
+``forward`` runs the model without hooks or autograd (region methods score many
+perturbed inputs with it).
 """
 
 from __future__ import annotations
@@ -54,26 +55,32 @@ class Probe:
         """One forward pass capturing ``layers`` (alias -> module path), plus gradients if asked.
 
         An unbound ``target`` is resolved on this pass's output. If a later in-place
-        operation overwrote a captured activation, the pass is repeated once with
-        that layer's output copied, so values and gradients belong to the layer itself.
+        operation overwrote a captured activation, the pass is repeated with that
+        layer's output copied, so values and gradients belong to the layer itself.
         """
         x = x.detach().to(self.device)
-        if gradients:
-            # makes the graph exist even when every parameter is frozen; the input's
-            # own gradient is never computed because autograd.grad stops at the layers
-            x = x.requires_grad_(True)
         paths = list(dict.fromkeys(layers.values()))
         clone: list[str] = []
-        for _ in range(2):
-            with torch.set_grad_enabled(gradients), LayerCapture(self.model, paths, clone) as hooks:
-                raw = self.model(x)
+        for _ in range(3):
+            # autograd starts at the first hooked layer (LayerCapture(start_graph=True))
+            hooks = LayerCapture(self.model, paths, clone, start_graph=gradients)
+            try:
+                with torch.set_grad_enabled(False), hooks:
+                    raw = self.model(x)
+            except RuntimeError as err:
+                # an in-place operation right after a hooked layer touched the leaf made there
+                fresh = [name for name in hooks.leaves if name not in clone]
+                if not fresh or "leaf Variable" not in str(err):
+                    raise
+                clone += fresh
+                continue
             hooks.check()
-            overwritten = hooks.overwritten()
+            overwritten = [name for name in hooks.overwritten() if name not in clone]
             if not overwritten:
                 break
-            if set(overwritten) <= set(clone):  # pragma: no cover - a clone cannot be overwritten
-                raise LayerError(f"layers {overwritten} were modified in place even after copying")
-            clone = sorted(set(clone) | set(overwritten))
+            clone += overwritten
+        else:  # pragma: no cover - every layer is copied by the third pass
+            raise LayerError(f"layers {clone} keep being modified in place; hook other layers")
         output = select_output(raw, self.selector)
         bound = target if isinstance(target, BoundTarget) else target.bind(output)
         acts = {alias: hooks.activations[path] for alias, path in layers.items()}
