@@ -11,9 +11,10 @@ view against the fused map) go to ``stats``.
 
 The target is fixed across views: it is bound once on the original input (same class
 per sample), and a segmentation pixel set M is carried into each view with the image,
-so every view explains the same anatomy. Views run batched: several (sample, view)
-rows share one forward and one backward pass; in eval mode the gradient of the summed
-score is each row's own gradient, so batching changes nothing but speed.
+so every view explains the same anatomy. The identity views are the input itself and
+run first, in the pass that binds the target. The other (sample, view) rows run
+batched, several sharing one forward and one backward pass; in eval mode the gradient
+of the summed score is each row's own gradient, so batching changes nothing but speed.
 
 The RobustCAM project README (shared/papers/003) defines the method in 2D with
 Grad-CAM; the 3D views, the validity mask and the segmentation target are ours
@@ -33,9 +34,9 @@ from torch import Tensor
 from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target, TargetError
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, MethodResult, PostProcessing
-from medcam.methods.stability import mean_variance, spearman, top_fraction_iou
-from medcam.methods.views import View, default_views, parse_view
+from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
+from medcam.methods.stability import mean_variance, view_agreement
+from medcam.methods.views import Identity, View, default_views, parse_view
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class RobustCAM(CAMMethod):
     * ``fusion``: ``"mean"`` (default) or ``"median"`` over the valid views.
     * ``batch_size``: at most this many (sample, view) rows per forward/backward
       pass; ``None`` runs all rows in one pass. Lower it for large 3D volumes.
-    * ``top_fraction``: the top share of voxels compared by the stability IoU.
+    * ``top_fraction``: the top share of voxels compared by the stability IoU;
+      ``stability=False`` skips the metrics (about one sort of the map per view).
 
     ``MethodResult.extras``: ``"uncertainty"`` (std over valid views, in the units of
     the per-view normalised maps) and ``"valid_views"`` (count), per layer alias at
@@ -118,6 +120,7 @@ class RobustCAM(CAMMethod):
         batch_size: int | None = 6,
         seed: int = 0,
         top_fraction: float = 0.1,
+        stability: bool = True,
         base_options: Mapping[str, Any] | None = None,
     ) -> None:
         if fusion not in FUSIONS:
@@ -145,6 +148,7 @@ class RobustCAM(CAMMethod):
         self.batch_size = batch_size
         self.seed = seed
         self.top_fraction = top_fraction
+        self.stability = stability
         self._parsed = parsed
 
     def options(self) -> dict[str, Any]:
@@ -158,6 +162,7 @@ class RobustCAM(CAMMethod):
             "batch_size": self.batch_size,
             "seed": self.seed,
             "top_fraction": self.top_fraction,
+            "stability": self.stability,
         }
 
     def resolve_views(self, x: Tensor) -> list[View]:
@@ -177,6 +182,31 @@ class RobustCAM(CAMMethod):
             name = "hirescam" if target.is_segmentation else "gradcam"
         return create_method(name, **self.base_options) if isinstance(name, str) else name
 
+    def _identity_pass(
+        self,
+        probe: Probe,
+        x: Tensor,
+        target: Target | BoundTarget,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+    ) -> tuple[CAMMethod, BoundTarget, Tensor, dict[str, Tensor]]:
+        """The identity view of every sample, which is ``x`` itself: this pass also binds the target.
+
+        With ``base="auto"`` the base depends on the bound target; Grad-CAM and HiResCAM
+        share one capture, so the capture is taken first and the base chosen after.
+        """
+        if isinstance(self.base, str) and self.base.lower() == "auto":
+            capture = probe.capture(x, layers, target, gradients=True)
+            base = self.resolve_base(capture.target)
+            if not isinstance(base, GradientMethod):  # pragma: no cover - auto picks gradient methods
+                raise TypeError(f"auto base {base.name} is not a gradient method")
+            return base, capture.target, capture.output, base.maps(capture, tuple(x.shape[2:]), post)
+        from medcam.methods.registry import create_method
+
+        base = self.base if isinstance(self.base, CAMMethod) else create_method(self.base, **self.base_options)
+        result = base.run(probe, x, target, layers, post)
+        return base, result.target, result.output, result.maps
+
     def run(
         self,
         probe: Probe,
@@ -186,31 +216,47 @@ class RobustCAM(CAMMethod):
         post: PostProcessing,
     ) -> MethodResult:
         views = self.resolve_views(x)
-        output = probe.forward(x)
-        bound = target if isinstance(target, BoundTarget) else target.bind(output)
-        base = self.resolve_base(bound)
-        rows, masks, dropped = self._rows(bound, views, x.shape[0])
+        n, count, size = x.shape[0], len(views), tuple(x.shape[2:])
+        identity = next((j for j, view in enumerate(views) if isinstance(view, Identity)), None)
+        first: dict[str, Tensor] = {}
+        if identity is not None and (self.batch_size is None or n <= self.batch_size):
+            base, bound, output, first = self._identity_pass(probe, x, target, layers, post)
+        else:
+            # bind once on the whole batch (per-sample targets need all of it), then run every view
+            identity = None
+            output = probe.forward(x)
+            bound = target if isinstance(target, BoundTarget) else target.bind(output)
+            base = self.resolve_base(bound)
+        rows, masks, dropped = self._rows(bound, views, n)
 
-        size = tuple(x.shape[2:])
-        n, count = x.shape[0], len(views)
         aligned: dict[str, Tensor] = {}
         valid = torch.zeros(n, count, *size, dtype=torch.bool)
-        step = self.batch_size or len(rows)
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
+
+        def collect(maps: dict[str, Tensor], done: list[tuple[int, int]], where: list[int]) -> None:
+            for alias, values in maps.items():
+                if alias not in aligned:
+                    aligned[alias] = torch.zeros(n, count, *size, dtype=values.dtype, device=values.device)
+                for (i, j), r in zip(done, where, strict=True):
+                    back, ok = views[j].warp_back(values[r : r + 1])
+                    aligned[alias][i, j] = back[0]
+                    valid[i, j] = ok[0].cpu()
+
+        if identity is not None:
+            kept = [(i, j) for i, j in rows if j == identity]  # a hand-made empty M drops a row
+            collect(first, kept, [i for i, _ in kept])
+            rows_left = [(i, j) for i, j in rows if j != identity]
+        else:
+            rows_left = rows
+        step = self.batch_size or max(len(rows_left), 1)
+        for start in range(0, len(rows_left), step):
+            chunk = rows_left[start : start + step]
             batch = torch.cat([views[j].apply(x[i : i + 1]) for i, j in chunk])
             index = torch.tensor([i for i, _ in chunk], device=bound.classes.device)
             chunk_target = bound.select(index)
             if bound.is_segmentation:
                 chunk_target = chunk_target.with_mask(torch.cat([masks[row] for row in chunk]))
             result = base.run(probe, batch, chunk_target, layers, post)
-            for alias, maps in result.maps.items():
-                if alias not in aligned:
-                    aligned[alias] = torch.zeros(n, count, *size, dtype=maps.dtype, device=maps.device)
-                for r, (i, j) in enumerate(chunk):
-                    back, ok = views[j].warp_back(maps[r : r + 1])
-                    aligned[alias][i, j] = back[0]
-                    valid[i, j] = ok[0].cpu()
+            collect(result.maps, chunk, list(range(len(chunk))))
 
         fused_maps: dict[str, Tensor] = {}
         uncertainty: dict[str, Tensor] = {}
@@ -228,7 +274,8 @@ class RobustCAM(CAMMethod):
             fused_maps[alias] = post.apply(fused, size)
             uncertainty[alias] = std
             valid_views[alias] = seen
-            stability[alias] = self._stability(stack, mask, fused_maps[alias], std, seen, rows)
+            if self.stability:
+                stability[alias] = self._stability(stack, mask, fused_maps[alias], std, seen, rows)
 
         stats = {
             "base": base.name,
@@ -292,10 +339,11 @@ class RobustCAM(CAMMethod):
         n, count = stack.shape[:2]
         ious: list[list[float | None]] = [[None] * count for _ in range(n)]
         rhos: list[list[float | None]] = [[None] * count for _ in range(n)]
-        for i, j in rows:
-            view, ok, ref = stack[i, j][None], valid[i, j][None], fused[i][None]
-            ious[i][j] = _finite(float(top_fraction_iou(view, ref, ok, self.top_fraction)[0]))
-            rhos[i][j] = _finite(float(spearman(view, ref, ok)[0]))
+        for i in range(n):
+            kept = [j for s, j in rows if s == i]
+            iou, rho = view_agreement(stack[i, kept], fused[i], valid[i, kept], self.top_fraction)
+            for j, a, b in zip(kept, iou.tolist(), rho.tolist(), strict=True):
+                ious[i][j], rhos[i][j] = _finite(a), _finite(b)
 
         def average(values: list[float | None]) -> float | None:
             kept = [v for v in values if v is not None]

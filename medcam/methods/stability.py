@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,46 +29,69 @@ def mean_variance(std: Tensor, count: Tensor) -> Tensor:
     return variance.flatten(1).sum(dim=1) / total
 
 
-def _top_set(values: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` largest values; ties go to the lower index (deterministic)."""
-    order = torch.sort(values, descending=True, stable=True).indices
-    return order[:k]
+def _top_count(n: int, fraction: float) -> int:
+    return max(1, round(fraction * n))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their average rank (scipy's ``rankdata`` 'average').
+
+    Ties are averaged, so the order the sort leaves them in does not matter and the
+    faster unstable sort is exact.
+    """
+    order = np.argsort(values, kind="quicksort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(starts, values.size))
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat(starts + (counts - 1) / 2, counts)
+    return ranks
+
+
+def _top(values: np.ndarray, fraction: float) -> np.ndarray:
+    """The top ``k = max(1, round(fraction * n))`` voxels; ties at the threshold go to the lower index."""
+    k = _top_count(values.size, fraction)
+    threshold = np.partition(values, values.size - k)[values.size - k]
+    top = values > threshold
+    ties = np.flatnonzero(values == threshold)[: k - int(top.sum())]
+    top[ties] = True
+    return top
+
+
+def _iou(top_a: np.ndarray, top_b: np.ndarray) -> float:
+    both = int(np.count_nonzero(top_a & top_b))
+    return both / (int(top_a.sum()) + int(top_b.sum()) - both)
+
+
+def _rho(ranks_a: np.ndarray, ranks_b: np.ndarray) -> float:
+    """Pearson correlation of ranks; 0 when undefined (a constant map, fewer than 2 voxels)."""
+    if ranks_a.size < 2:
+        return 0.0
+    a, b = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
+    # plain sums, not BLAS dot: BLAS threads spin against torch's own thread pool
+    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def _numpy(values: Tensor) -> np.ndarray:
+    return values.detach().cpu().flatten().numpy()
 
 
 def top_fraction_iou(a: Tensor, b: Tensor, valid: Tensor | None = None, fraction: float = 0.1) -> Tensor:
     """IoU of the top ``fraction`` of voxels of ``a`` and of ``b`` (within ``valid``), per sample.
 
-    Both sets hold ``k = max(1, round(fraction * n))`` voxels of the ``n`` valid ones, so
-    the IoU is ``|A & B| / (2k - |A & B|)``. No valid voxel gives NaN.
+    Both sets hold ``k = max(1, round(fraction * n))`` of the ``n`` valid voxels; values
+    tied at the threshold go to the lower index. No valid voxel gives NaN.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     mask = _valid(a, valid)
     out = torch.empty(a.shape[0], dtype=torch.float64)
     for n in range(a.shape[0]):
-        keep = mask[n].flatten()
-        va, vb = a[n].flatten()[keep], b[n].flatten()[keep]
-        if va.numel() == 0:
-            out[n] = math.nan
-            continue
-        k = max(1, round(fraction * va.numel()))
-        hits = torch.zeros(va.numel(), dtype=torch.int8, device=va.device)
-        hits[_top_set(va, k)] += 1
-        hits[_top_set(vb, k)] += 1
-        both = int((hits == 2).sum())
-        out[n] = both / (2 * k - both)
+        keep = _numpy(mask[n])
+        va, vb = _numpy(a[n])[keep], _numpy(b[n])[keep]
+        out[n] = math.nan if va.size == 0 else _iou(_top(va, fraction), _top(vb, fraction))
     return out
-
-
-def _average_ranks(values: Tensor) -> Tensor:
-    """Ranks 0..n-1 with ties sharing their average rank (scipy's ``rankdata`` 'average')."""
-    order = torch.argsort(values, stable=True)
-    _, inverse, counts = torch.unique_consecutive(values[order], return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    average = ends - (counts.double() + 1) / 2
-    ranks = torch.empty(values.numel(), dtype=torch.float64, device=values.device)
-    ranks[order] = average[inverse]
-    return ranks
 
 
 def spearman(a: Tensor, b: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -79,13 +103,39 @@ def spearman(a: Tensor, b: Tensor, valid: Tensor | None = None) -> Tensor:
     mask = _valid(a, valid)
     out = torch.zeros(a.shape[0], dtype=torch.float64)
     for n in range(a.shape[0]):
-        keep = mask[n].flatten()
-        va, vb = a[n].flatten()[keep], b[n].flatten()[keep]
-        if va.numel() < 2:
-            continue
-        ra, rb = _average_ranks(va), _average_ranks(vb)
-        ra, rb = ra - ra.mean(), rb - rb.mean()
-        denominator = float((ra.pow(2).sum() * rb.pow(2).sum()).sqrt())
-        if denominator > 0:
-            out[n] = float((ra * rb).sum()) / denominator
+        keep = _numpy(mask[n])
+        out[n] = _rho(_ranks(_numpy(a[n])[keep]), _ranks(_numpy(b[n])[keep]))
     return out
+
+
+def view_agreement(
+    views: Tensor, reference: Tensor, valid: Tensor | None = None, fraction: float = 0.1
+) -> tuple[Tensor, Tensor]:
+    """Top-``fraction`` IoU and Spearman rho of each map ``(V, *spatial)`` with one ``reference``.
+
+    The same values as :func:`top_fraction_iou` and :func:`spearman` per view (each over
+    its own valid voxels), but the reference is ranked once for every fully valid view.
+    Returns two ``(V,)`` float64 tensors; a view without valid voxels gets NaN and 0.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    mask = torch.ones_like(views, dtype=torch.bool) if valid is None else valid.bool()
+    reference_values = _numpy(reference)
+    whole: tuple[np.ndarray, np.ndarray] | None = None
+    ious = torch.full((views.shape[0],), math.nan, dtype=torch.float64)
+    rhos = torch.zeros(views.shape[0], dtype=torch.float64)
+    for v in range(views.shape[0]):
+        keep = _numpy(mask[v])
+        values = _numpy(views[v])
+        if keep.all():
+            if whole is None:
+                whole = _ranks(reference_values), _top(reference_values, fraction)
+            ref_ranks, ref_top = whole
+        elif keep.any():
+            values = values[keep]
+            ref_ranks, ref_top = _ranks(reference_values[keep]), _top(reference_values[keep], fraction)
+        else:
+            continue
+        ious[v] = _iou(_top(values, fraction), ref_top)
+        rhos[v] = _rho(_ranks(values), ref_ranks)
+    return ious, rhos
