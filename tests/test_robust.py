@@ -16,7 +16,7 @@ import medcam
 from medcam.core.targets import TargetError
 from medcam.errors import UserError
 from medcam.methods.robust import RobustCAM
-from medcam.methods.views import ViewError
+from medcam.methods.views import Identity, ViewError
 
 
 class Ramp(nn.Module):
@@ -238,3 +238,4 @@ def test_options_are_checked_early():
     with pytest.raises(ViewError, match="3 channels"):
         medcam.explain(Pointwise(False), torch.rand(1, 1, 16, 16), "robustcam", 0, "weigh", views=["greyscale"])
     assert RobustCAM(views=["identity", "rotate:5"]).options()["views"] == ["identity", "rotate:5"]
+    assert RobustCAM(views=Identity()).options()["views"] == ["identity"]

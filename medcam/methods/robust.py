@@ -115,7 +115,7 @@ class RobustCAM(CAMMethod):
     def __init__(
         self,
         base: str | CAMMethod = "auto",
-        views: str | Sequence[str | View] = "default",
+        views: str | View | Sequence[str | View] = "default",
         fusion: Fusion = "mean",
         batch_size: int | None = 6,
         seed: int = 0,
@@ -133,6 +133,8 @@ class RobustCAM(CAMMethod):
             raise UserError("RobustCAM cannot wrap itself; choose a base method such as gradcam or hirescam")
         if isinstance(base, CAMMethod) and base_options:
             raise UserError("base_options apply only when base is given by name")
+        if isinstance(views, View):
+            views = [views]
         if isinstance(views, str):
             if views != "default":
                 raise UserError(f"views={views!r}: pass 'default' or a list of views, e.g. ['identity', 'flip']")
