@@ -12,6 +12,7 @@ from typing import Any
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod
 from medcam.methods.gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
+from medcam.methods.robust import RobustCAM
 
 METHODS: dict[str, type[CAMMethod]] = {
     CAM.name: CAM,
@@ -19,6 +20,7 @@ METHODS: dict[str, type[CAMMethod]] = {
     GradCAMPlusPlus.name: GradCAMPlusPlus,
     HiResCAM.name: HiResCAM,
     XGradCAM.name: XGradCAM,
+    RobustCAM.name: RobustCAM,
 }
 
 

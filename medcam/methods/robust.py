@@ -1,0 +1,361 @@
+"""RobustCAM: a base method's maps fused over augmentation views, with per-voxel uncertainty.
+
+For each view (see :mod:`medcam.methods.views`) the base method explains the same
+target on the transformed input; each view's map, post-processed like any map of the
+base method (so views are comparable), goes back to the original frame through the
+view's exact inverse together with a validity mask. Over the valid views of each
+voxel: the fused map (mean, or median), the uncertainty (standard deviation, ddof 0)
+and the number of valid views. The fused map is then post-processed once more.
+Stability metrics (mean per-voxel variance, top-10 % IoU and Spearman rho of each
+view against the fused map) go to ``stats``.
+
+The target is fixed across views: it is bound once on the original input (same class
+per sample), and a segmentation pixel set M is carried into each view with the image,
+so every view explains the same anatomy. The identity views are the input itself and
+run first, in the pass that binds the target. The other (sample, view) rows run
+batched, several sharing one forward and one backward pass; in eval mode the gradient
+of the summed score is each row's own gradient, so batching changes nothing but speed.
+
+The RobustCAM project README (shared/papers/003) defines the method in 2D with
+Grad-CAM; the 3D views, the validity mask and the segmentation target are ours
+(METHODS.md, "RobustCAM").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from medcam.core.probe import Probe
+from medcam.core.targets import BoundTarget, Target, TargetError
+from medcam.errors import UserError
+from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
+from medcam.methods.stability import mean_variance, view_agreement
+from medcam.methods.views import Identity, View, default_views, parse_view
+
+logger = logging.getLogger(__name__)
+
+Fusion = Literal["mean", "median"]
+FUSIONS: tuple[str, ...] = ("mean", "median")
+
+
+def fuse(maps: Tensor, valid: Tensor, how: Fusion = "mean") -> tuple[Tensor, Tensor, Tensor]:
+    """Fuse aligned views ``(N, V, *spatial)`` over the valid ones of each voxel.
+
+    Returns ``(fused, std, count)``, each ``(N, *spatial)``: the mean (or median; the
+    average of the two middle values for an even count) of the valid views, their
+    standard deviation (ddof 0, about the mean) and how many views were valid. A voxel
+    no view saw gets 0, 0 and 0. Accumulates in float64, returns ``maps.dtype``.
+    """
+    if how not in FUSIONS:
+        raise UserError(f"fusion={how!r} is not known; use one of {FUSIONS}")
+    # one view at a time: a few volumes of float64 memory, not V of them
+    views = range(maps.shape[1])
+    total = torch.zeros(maps[:, 0].shape, dtype=torch.float64, device=maps.device)
+    count = torch.zeros_like(total)
+    for v in views:
+        total += torch.where(valid[:, v], maps[:, v].double(), 0.0)
+        count += valid[:, v]
+    safe = count.clamp_min(1)
+    mean = total / safe
+    squares = torch.zeros_like(total)
+    for v in views:
+        squares += torch.where(valid[:, v], (maps[:, v].double() - mean).pow(2), 0.0)
+    std = (squares / safe).sqrt()
+    if how == "median":
+        values = maps.double()
+        ordered = torch.where(valid, values, torch.full_like(values, math.inf)).sort(dim=1).values
+        k = count.long().unsqueeze(1)
+        last = values.shape[1] - 1
+        lower = ordered.gather(1, ((k - 1) // 2).clamp(0, last)).squeeze(1)
+        upper = ordered.gather(1, (k // 2).clamp(0, last)).squeeze(1)
+        fused = torch.where(count > 0, (lower + upper) / 2, torch.zeros_like(mean))
+    else:
+        fused = mean
+    return fused.to(maps.dtype), std.to(maps.dtype), count.to(maps.dtype)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RobustCAM(CAMMethod):
+    """Augmentation-fused explanation with per-voxel uncertainty (RobustCAM).
+
+    Options:
+
+    * ``base``: the method run on every view, by name or instance; ``"auto"`` is
+      Grad-CAM for a classification target and HiResCAM for a segmentation target
+      (a robust Seg-HiRes-Grad CAM). ``base_options`` go to its constructor.
+    * ``views``: ``"default"`` (2D: identity, horizontal flip, rotation +15 deg,
+      intensity jitter, blur, greyscale for colour input; 3D: identity, left-right
+      flip, in-plane rotation +/-10 deg, intensity scale/shift, blur, gamma) or a
+      list of :class:`~medcam.methods.views.View` objects and/or view strings
+      (``"rotate:15"``, ``"flip:0"``, ``"blur:1"``...). ``seed`` seeds the
+      photometric views that do not name their own.
+    * ``fusion``: ``"mean"`` (default) or ``"median"`` over the valid views.
+    * ``batch_size``: at most this many (sample, view) rows per forward/backward
+      pass; ``None`` runs all rows in one pass. Lower it for large 3D volumes.
+    * ``top_fraction``: the top share of voxels compared by the stability IoU;
+      ``stability=False`` skips the metrics (about one sort of the map per view).
+
+    ``MethodResult.extras``: ``"uncertainty"`` (std over valid views, in the units of
+    the per-view normalised maps) and ``"valid_views"`` (count), per layer alias at
+    input resolution. ``stats``: the resolved views, dropped views and, per layer,
+    the stability metrics per sample.
+    """
+
+    name = "robustcam"
+
+    def __init__(
+        self,
+        base: str | CAMMethod = "auto",
+        views: str | View | Sequence[str | View] = "default",
+        fusion: Fusion = "mean",
+        batch_size: int | None = 6,
+        seed: int = 0,
+        top_fraction: float = 0.1,
+        stability: bool = True,
+        base_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if fusion not in FUSIONS:
+            raise UserError(f"fusion={fusion!r} is not known; use one of {FUSIONS}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise UserError(f"batch_size must be a positive integer or None (all views in one pass), got {batch_size}")
+        if not 0.0 < top_fraction <= 1.0:
+            raise UserError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        if isinstance(base, RobustCAM) or (isinstance(base, str) and base.lower() == self.name):
+            raise UserError("RobustCAM cannot wrap itself; choose a base method such as gradcam or hirescam")
+        if isinstance(base, CAMMethod) and base_options:
+            raise UserError("base_options apply only when base is given by name")
+        if isinstance(views, View):
+            views = [views]
+        if isinstance(views, str):
+            if views != "default":
+                raise UserError(f"views={views!r}: pass 'default' or a list of views, e.g. ['identity', 'flip']")
+            parsed: list[View] | None = None
+        else:
+            parsed = [parse_view(spec, seed=seed + i) for i, spec in enumerate(views)]
+            if not parsed:
+                raise UserError("views is empty; pass 'default' or at least one view, e.g. ['identity']")
+        self.base = base
+        self.base_options = dict(base_options or {})
+        self.views = views
+        self.fusion = fusion
+        self.batch_size = batch_size
+        self.seed = seed
+        self.top_fraction = top_fraction
+        self.stability = stability
+        self._parsed = parsed
+
+    def options(self) -> dict[str, Any]:
+        base = self.base if isinstance(self.base, str) else self.base.name
+        views = "default" if self._parsed is None else [v.describe() for v in self._parsed]
+        return {
+            "base": base,
+            "base_options": dict(self.base_options),
+            "views": views,
+            "fusion": self.fusion,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "top_fraction": self.top_fraction,
+            "stability": self.stability,
+        }
+
+    def resolve_views(self, x: Tensor) -> list[View]:
+        """The views for input ``x``, each checked against it."""
+        ndim, channels = x.ndim - 2, x.shape[1]
+        views = default_views(ndim, channels, seed=self.seed) if self._parsed is None else list(self._parsed)
+        for view in views:
+            view.check(x)
+        return views
+
+    def resolve_base(self, target: BoundTarget) -> CAMMethod:
+        """The base method; ``"auto"``: HiResCAM for segmentation targets, Grad-CAM otherwise."""
+        from medcam.methods.registry import create_method  # the registry imports this module
+
+        name = self.base
+        if isinstance(name, str) and name.lower() == "auto":
+            name = "hirescam" if target.is_segmentation else "gradcam"
+        return create_method(name, **self.base_options) if isinstance(name, str) else name
+
+    def _identity_pass(
+        self,
+        probe: Probe,
+        x: Tensor,
+        target: Target | BoundTarget,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+    ) -> tuple[CAMMethod, BoundTarget, Tensor, dict[str, Tensor]]:
+        """The identity view of every sample, which is ``x`` itself: this pass also binds the target.
+
+        With ``base="auto"`` the base depends on the bound target; Grad-CAM and HiResCAM
+        share one capture, so the capture is taken first and the base chosen after.
+        """
+        if isinstance(self.base, str) and self.base.lower() == "auto":
+            capture = probe.capture(x, layers, target, gradients=True)
+            base = self.resolve_base(capture.target)
+            if not isinstance(base, GradientMethod):  # pragma: no cover - auto picks gradient methods
+                raise TypeError(f"auto base {base.name} is not a gradient method")
+            return base, capture.target, capture.output, base.maps(capture, tuple(x.shape[2:]), post)
+        from medcam.methods.registry import create_method
+
+        base = self.base if isinstance(self.base, CAMMethod) else create_method(self.base, **self.base_options)
+        result = base.run(probe, x, target, layers, post)
+        return base, result.target, result.output, result.maps
+
+    def run(
+        self,
+        probe: Probe,
+        x: Tensor,
+        target: Target | BoundTarget,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+    ) -> MethodResult:
+        views = self.resolve_views(x)
+        n, count, size = x.shape[0], len(views), tuple(x.shape[2:])
+        identity = next((j for j, view in enumerate(views) if isinstance(view, Identity)), None)
+        first: dict[str, Tensor] = {}
+        if identity is not None and (self.batch_size is None or n <= self.batch_size):
+            base, bound, output, first = self._identity_pass(probe, x, target, layers, post)
+        else:
+            # bind once on the whole batch (per-sample targets need all of it), then run every view
+            identity = None
+            output = probe.forward(x)
+            bound = target if isinstance(target, BoundTarget) else target.bind(output)
+            base = self.resolve_base(bound)
+        rows, masks, dropped = self._rows(bound, views, n)
+
+        aligned: dict[str, Tensor] = {}
+        valid = torch.zeros(n, count, *size, dtype=torch.bool)
+
+        def collect(maps: dict[str, Tensor], done: list[tuple[int, int]], where: list[int]) -> None:
+            for alias, values in maps.items():
+                if alias not in aligned:
+                    aligned[alias] = torch.zeros(n, count, *size, dtype=values.dtype, device=values.device)
+                for (i, j), r in zip(done, where, strict=True):
+                    back, ok = views[j].warp_back(values[r : r + 1])
+                    aligned[alias][i, j] = back[0]
+                    valid[i, j] = ok[0].cpu()
+
+        if identity is not None:
+            kept = [(i, j) for i, j in rows if j == identity]  # a hand-made empty M drops a row
+            collect(first, kept, [i for i, _ in kept])
+            rows_left = [(i, j) for i, j in rows if j != identity]
+        else:
+            rows_left = rows
+        step = self.batch_size or max(len(rows_left), 1)
+        for start in range(0, len(rows_left), step):
+            chunk = rows_left[start : start + step]
+            batch = torch.cat([views[j].apply(x[i : i + 1]) for i, j in chunk])
+            index = torch.tensor([i for i, _ in chunk], device=bound.classes.device)
+            chunk_target = bound.select(index)
+            if bound.is_segmentation:
+                chunk_target = chunk_target.with_mask(torch.cat([masks[row] for row in chunk]))
+            result = base.run(probe, batch, chunk_target, layers, post)
+            collect(result.maps, chunk, list(range(len(chunk))))
+
+        fused_maps: dict[str, Tensor] = {}
+        uncertainty: dict[str, Tensor] = {}
+        valid_views: dict[str, Tensor] = {}
+        stability: dict[str, Any] = {}
+        for alias, stack in aligned.items():
+            mask = valid.to(stack.device)
+            fused, std, seen = fuse(stack, mask, self.fusion)
+            if bool((seen == 0).any()):
+                logger.warning(
+                    "RobustCAM: %d voxel(s) lie outside every view's field of view; their fused map is 0 "
+                    "(include the identity view to avoid this)",
+                    int((seen == 0).sum()),
+                )
+            fused_maps[alias] = post.apply(fused, size)
+            uncertainty[alias] = std
+            valid_views[alias] = seen
+            if self.stability:
+                stability[alias] = self._stability(stack, mask, fused_maps[alias], std, seen, rows)
+
+        stats = {
+            "base": base.name,
+            "fusion": self.fusion,
+            "views": [v.describe() for v in views],
+            "dropped_views": dropped,
+            "stability": stability,
+        }
+        return MethodResult(
+            maps=fused_maps,
+            target=bound,
+            output=output,
+            extras={"uncertainty": uncertainty, "valid_views": valid_views},
+            stats=stats,
+        )
+
+    def _rows(
+        self, bound: BoundTarget, views: list[View], samples: int
+    ) -> tuple[list[tuple[int, int]], dict[tuple[int, int], Tensor], list[dict[str, Any]]]:
+        """(sample, view) rows in sample-major order, the pixel set M of each row, and dropped rows.
+
+        A view whose warped M is empty (M left the field of view) cannot explain the
+        target: that row is dropped with a warning; a sample left without rows is an error.
+        """
+        rows: list[tuple[int, int]] = []
+        masks: dict[tuple[int, int], Tensor] = {}
+        dropped: list[dict[str, Any]] = []
+        for i in range(samples):
+            for j, view in enumerate(views):
+                if bound.mask is not None:
+                    warped = view.warp_mask(bound.mask[i : i + 1])
+                    if not bool(warped.any()):
+                        logger.warning(
+                            "RobustCAM: view %s moves the pixel set M of sample %d out of the field of view; "
+                            "dropped for that sample",
+                            view.describe(),
+                            i,
+                        )
+                        dropped.append({"sample": i, "view": view.describe()})
+                        continue
+                    masks[(i, j)] = warped
+                rows.append((i, j))
+        lost = sorted(set(range(samples)) - {i for i, _ in rows})
+        if lost:
+            raise TargetError(
+                f"every view moves the pixel set M ({bound.description}) of sample(s) {lost} out of the field "
+                "of view; include the identity view, use smaller rotations or a larger pixel set"
+            )
+        return rows, masks, dropped
+
+    def _stability(
+        self,
+        stack: Tensor,
+        valid: Tensor,
+        fused: Tensor,
+        std: Tensor,
+        seen: Tensor,
+        rows: list[tuple[int, int]],
+    ) -> dict[str, Any]:
+        """Per-sample stability metrics; per-view values are None for dropped views."""
+        n, count = stack.shape[:2]
+        ious: list[list[float | None]] = [[None] * count for _ in range(n)]
+        rhos: list[list[float | None]] = [[None] * count for _ in range(n)]
+        for i in range(n):
+            kept = [j for s, j in rows if s == i]
+            iou, rho = view_agreement(stack[i, kept], fused[i], valid[i, kept], self.top_fraction)
+            for j, a, b in zip(kept, iou.tolist(), rho.tolist(), strict=True):
+                ious[i][j], rhos[i][j] = _finite(a), _finite(b)
+
+        def average(values: list[float | None]) -> float | None:
+            kept = [v for v in values if v is not None]
+            return sum(kept) / len(kept) if kept else None
+
+        return {
+            "mean_variance": [float(v) for v in mean_variance(std, seen)],
+            "top_iou": [average(v) for v in ious],
+            "spearman": [average(v) for v in rhos],
+            "top_fraction": self.top_fraction,
+            "top_iou_per_view": ious,
+            "spearman_per_view": rhos,
+        }
