@@ -1,0 +1,959 @@
+"""The explain pipeline: an image file in, maps on its own voxel grid and a review folder out.
+
+    checkpoint --load_checkpoint--> model + metadata (labels, regions, preprocessing, patch)
+    image --load_volume--> Volume --prepare--> model grid --predict (sliding window)--> Y
+    Y + --pixels--> M --sliding_window_cam (method, layers)--> maps on the model grid
+    maps --invert the preprocessing--> maps on the ORIGINAL grid --save--> output folder
+
+The functions take the CLI's names: ``explain_case(volume=..., class_name=..., model=...,
+method=..., pixels=..., layer=..., out=..., overwrite=..., device=...)`` is
+``medcam explain --volume ... --class ... --model ... --method ... --pixels ... --layer ...
+--out ... [--overwrite] --device ...``; ``explain_batch`` is ``--datalist``/``--folder``.
+``medcam demo`` writes a phantom case and calls :func:`explain_case` on it.
+
+Pixel-set coordinates (``voxel:``, ``box:``, ``mask:``) are INPUT voxel indices in file
+order (i, j, k as nibabel, ITK and Slicer's IJK count them; x, y = column, row for
+PNG/JPEG) and are carried to the model grid here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcam.core.targets import (
+    Box,
+    ClassTarget,
+    Mask,
+    PixelSet,
+    SegmentationTarget,
+    Target,
+    TargetError,
+    Voxel,
+    parse_pixel_set,
+)
+from medcam.errors import UserError
+from medcam.inference import SlidingWindow, predict, sliding_window_cam
+from medcam.methods.base import PostProcessing
+from medcam.methods.registry import create_method
+from medcam.models.checkpoint import CheckpointMeta, ModelBundle, load_checkpoint
+from medcam.volumes.geometry import ItkGeometry, axis_codes
+from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
+from medcam.volumes.preprocessing import ModelInput, prepare
+from medcam.volumes.preview import DEFAULT_THRESHOLD, render_preview, write_map_png
+from medcam.volumes.slicer import (
+    Overlay,
+    ReviewScene,
+    Segment,
+    colormap_file_name,
+    colormap_table,
+    load_script,
+    scene_xml,
+    write_bundle,
+)
+from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentation
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_METHOD = "hirescam"
+ASSETS = Path(__file__).parent / "assets"
+# colour maps of extra overlays by name; anything else gets viridis
+EXTRA_COLORMAPS = {"uncertainty": "viridis", "agreement": "cividis", "valid_views": "viridis"}
+# segment colours for common labels (Slicer's anatomy-like tones), then a qualitative palette
+SEGMENT_COLORS = {
+    "kidney": (0.73, 0.40, 0.33),
+    "tumor": (0.89, 0.85, 0.17),
+    "tumour": (0.89, 0.85, 0.17),
+    "cyst": (0.35, 0.67, 0.92),
+    "masses": (0.95, 0.55, 0.20),
+    "kidney_and_masses": (0.73, 0.40, 0.33),
+}
+
+
+class OutputError(UserError):
+    """The output folder exists, or cannot be written."""
+
+
+# ------------------------------------------------------------------------------------
+# The model
+
+
+def default_model_path() -> Path:
+    """The shipped demo checkpoint (``medcam/assets/*demo*.pt``), used when no model is given."""
+    found = sorted(ASSETS.glob("*demo*.pt")) if ASSETS.is_dir() else []
+    if not found:
+        raise UserError(
+            f"no --model given and no demo model is installed in {ASSETS}; pass --model PATH to a medcam checkpoint"
+        )
+    return found[0]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A ready model with the checkpoint file it came from (recorded in ``summary.json``)."""
+
+    bundle: ModelBundle
+    path: Path | None = None
+    sha256: str | None = None
+
+
+def load_model(model: str | Path | ModelBundle | LoadedModel | None, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint (default: the demo model) onto ``device``; bundles pass through."""
+    if isinstance(model, LoadedModel):
+        return LoadedModel(
+            ModelBundle(model.bundle.model.to(device).eval(), model.bundle.meta), model.path, model.sha256
+        )
+    if isinstance(model, ModelBundle):
+        return LoadedModel(ModelBundle(model.model.to(device).eval(), model.meta))
+    path = Path(model) if model is not None else default_model_path()
+    bundle = load_checkpoint(path, device=device)
+    return LoadedModel(bundle, path, _sha256(path))
+
+
+def _check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} was asked for but CUDA is not available here; use --device cpu")
+        return device
+    raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+
+
+# ------------------------------------------------------------------------------------
+# Class and pixel set
+
+
+@dataclass(frozen=True)
+class ClassChoice:
+    """The explained class: a checkpoint label (one output channel) or a region (several)."""
+
+    name: str
+    kind: str  # "label" | "region"
+    channels: tuple[int, ...]
+
+    def target(self, meta: CheckpointMeta, pixels: PixelSet) -> Target:
+        if meta.task == "classification":
+            return ClassTarget(self.channels[0], activation=_activation(meta))
+        index: int | tuple[int, ...] = self.channels[0] if len(self.channels) == 1 else self.channels
+        return SegmentationTarget(index, pixels=pixels, activation=_activation(meta))
+
+
+def _activation(meta: CheckpointMeta) -> Any:
+    return "sigmoid" if meta.activation == "sigmoid" else "softmax"
+
+
+def resolve_class(meta: CheckpointMeta, name: str) -> ClassChoice:
+    """A label or region name of the checkpoint (case-insensitive); unknown names list the valid ones."""
+    labels = {k.lower(): (k, v) for k, v in meta.labels.items()}
+    regions = {k.lower(): (k, v) for k, v in meta.regions.items()}
+    key = name.strip().lower()
+    if key in labels:
+        label, channel = labels[key]
+        return ClassChoice(label, "label", (int(channel),))
+    if key in regions:
+        region, values = regions[key]
+        if meta.activation == "sigmoid" or meta.task != "segmentation":
+            raise TargetError(
+                f"region {region!r} merges labels {list(values)}, which is defined for softmax segmentation heads; "
+                f"this model has {meta.activation} outputs {sorted(meta.labels)}, explain one of them"
+            )
+        channels = tuple(sorted({int(v) for v in values}))
+        n_out = max(meta.labels.values()) + 1 if meta.labels else 0
+        if any(not 0 <= c < n_out for c in channels):
+            raise TargetError(f"region {region!r} uses labels {list(channels)} but the model has {n_out} outputs")
+        return ClassChoice(region, "region", channels)
+    valid = f"labels: {', '.join(meta.labels) or 'none'}"
+    if meta.regions:
+        valid += f"; regions: {', '.join(meta.regions)}"
+    raise TargetError(f"class {name!r} is not in this checkpoint ({valid}); pass one of them to --class")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise UserError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _check_inside(volume: Volume, coords: Sequence[int], what: str, upper: bool = False) -> None:
+    shape = volume.spatial_shape
+    if len(coords) != len(shape):
+        raise UserError(f"{what} has {len(coords)} coordinates but {volume.path.name} has {len(shape)} axes {shape}")
+    limit = [s + (1 if upper else 0) for s in shape]
+    if any(not 0 <= c < lim for c, lim in zip(coords, limit, strict=True)):
+        raise UserError(
+            f"{what} lies outside the volume of shape {shape} (input voxel indices, i.e. 0..{[s - 1 for s in shape]})"
+        )
+
+
+def build_pixel_set(spec: str, volume: Volume, grid: ModelInput) -> tuple[PixelSet, str]:
+    """The pixel set of ``--pixels`` on the model grid, and its replayable definition.
+
+    ``voxel:``/``box:``/``mask:`` coordinates are input voxel indices; everything else
+    (predicted, prob>T, component[:K], image) is defined on the model's own output.
+    """
+    text = spec.strip()
+    lower = text.lower()
+    if lower.startswith("voxel:"):
+        coords = _ints(text[6:])
+        _check_inside(volume, coords, f"voxel {coords}")
+        return Voxel(grid.voxel_to_model(coords)), f"voxel:{','.join(map(str, coords))}"
+    if lower.startswith("box:"):
+        parts = text[4:].split(":")
+        if len(parts) != 2:
+            raise UserError(f"box must be box:i0,j0,k0:i1,j1,k1 (start inclusive, stop exclusive), got {spec!r}")
+        start, stop = _ints(parts[0]), _ints(parts[1])
+        _check_inside(volume, start, f"box start {start}")
+        _check_inside(volume, stop, f"box stop {stop}", upper=True)
+        if any(b <= a for a, b in zip(start, stop, strict=True)):
+            raise UserError(f"box start {start} must be below stop {stop} on every axis")
+        lo, hi = grid.box_to_model(start, stop)
+        return Box(lo, hi), f"box:{','.join(map(str, start))}:{','.join(map(str, stop))}"
+    if lower.startswith("mask:"):
+        body = text[5:]
+        label: int | None = None
+        head, sep, tail = body.rpartition(":")
+        if sep and re.fullmatch(r"-?\d+", tail) and head:
+            body, label = head, int(tail)
+        mask = _mask_file(Path(body), volume, label)
+        definition = f"mask:{body}" + (f":{label}" if label is not None else "")
+        return Mask(grid.mask_to_model(mask), label=definition), definition
+    pixel_set = parse_pixel_set(text)
+    return pixel_set, pixel_set.describe()
+
+
+def _mask_file(path: Path, volume: Volume, label: int | None) -> np.ndarray:
+    mask_volume = load_volume(path)
+    if mask_volume.spatial_shape != volume.spatial_shape or not np.allclose(
+        mask_volume.affine, volume.affine, atol=1e-3
+    ):
+        raise UserError(
+            f"mask {path} has shape {mask_volume.spatial_shape} and orientation {axis_codes(mask_volume.affine)}, "
+            f"but {volume.path.name} has shape {volume.spatial_shape} and orientation {axis_codes(volume.affine)} "
+            "with another affine; give a mask on the input's voxel grid"
+        )
+    values = np.rint(mask_volume.array[0]).astype(np.int64)
+    mask = values == label if label is not None else values > 0
+    if not mask.any():
+        what = f"label {label}" if label is not None else "non-zero voxels"
+        found = sorted(int(v) for v in np.unique(values))[:10]
+        raise UserError(f"mask {path} has no {what} (values present: {found}); pick another label")
+    return mask
+
+
+def _layers(
+    model: torch.nn.Module, meta: CheckpointMeta, layer: str | Sequence[str], probe: torch.Tensor
+) -> tuple[dict[str, str], str]:
+    from medcam.api import resolve_layers
+    from medcam.models.levels import LevelError, discover_levels
+
+    if isinstance(layer, str) and layer == "auto" and meta.cam_layers:
+        try:
+            levels = {lv.name: lv.path for lv in discover_levels(model)}
+        except LevelError:
+            levels = {}
+        chosen = {name: levels.get(name, name) for name in meta.cam_layers}
+        mapping, _ = resolve_layers(model, chosen, probe)
+        return mapping, f"checkpoint default: {', '.join(meta.cam_layers)}"
+    if isinstance(layer, str) and "," in layer and not layer.startswith("levels"):
+        layer = [part.strip() for part in layer.split(",") if part.strip()]
+    return resolve_layers(model, layer, probe)
+
+
+def _safe_name(alias: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", alias).strip("._") or "layer"
+
+
+# ------------------------------------------------------------------------------------
+# The explanation
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeExplanation:
+    """Maps on the input's own voxel grid, with everything needed to write the review folder.
+
+    ``maps``: layer alias -> float32 array (input spatial shape); ``primary`` names the
+    one written as ``heatmap.nii.gz``; ``extras``: extra name -> alias -> array;
+    ``prediction``: label values on the input grid (segmentation) or ``None``;
+    ``pixels``: the explained pixel set M on the input grid (segmentation) or ``None``.
+    """
+
+    volume: Volume
+    maps: Mapping[str, np.ndarray]
+    primary: str
+    extras: Mapping[str, Mapping[str, np.ndarray]]
+    prediction: np.ndarray | None
+    pixels: np.ndarray | None
+    segments: Mapping[int, str]
+    summary: Mapping[str, Any]
+    image_window: tuple[float, float] | None = None
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        return self.maps[self.primary]
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the review folder atomically (temporary folder, then rename)."""
+        out = Path(out).absolute()
+        check_output(out, overwrite=overwrite)
+        start = time.perf_counter()
+        with atomic_folder(out, overwrite=overwrite) as tmp:
+            outputs = self._write(tmp, final=out)
+            summary = dict(self.summary)
+            timings = dict(summary.get("timings_s", {}))
+            timings["write"] = round(time.perf_counter() - start, 3)
+            summary["timings_s"] = timings
+            summary["outputs"] = outputs
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        logger.info("wrote %s", out)
+        return out
+
+    def _write(self, folder: Path, *, final: Path) -> dict[str, Any]:
+        volume = self.volume
+        outputs: dict[str, Any] = {"heatmap": "heatmap.nii.gz"}
+        write_nifti_like(volume, self.heatmap, folder / "heatmap.nii.gz")
+        overlays = [Overlay("medcam heatmap", "heatmap.nii.gz", "inferno", (0.0, 1.0), (DEFAULT_THRESHOLD, 1.0))]
+        for name, per_layer in sorted(self.extras.items()):
+            if self.primary not in per_layer:
+                continue
+            file_name = f"{_safe_name(name)}.nii.gz"
+            data = per_layer[self.primary]
+            write_nifti_like(volume, data, folder / file_name)
+            outputs.setdefault("extras", {})[name] = file_name
+            lo, hi = float(np.min(data)), float(np.max(data))
+            overlays.append(
+                Overlay(name, file_name, EXTRA_COLORMAPS.get(name, "viridis"), (lo, hi if hi > lo else lo + 1), None)
+            )
+        if len(self.maps) > 1:
+            (folder / "levels").mkdir()
+            levels: dict[str, Any] = {}
+            for alias, data in self.maps.items():
+                base = _safe_name(alias)
+                write_nifti_like(volume, data, folder / "levels" / f"{base}.nii.gz")
+                levels[alias] = f"levels/{base}.nii.gz"
+                for name, per_layer in sorted(self.extras.items()):
+                    if alias in per_layer:
+                        extra_file = f"levels/{base}_{_safe_name(name)}.nii.gz"
+                        write_nifti_like(volume, per_layer[alias], folder / extra_file)
+                        levels[f"{alias}:{name}"] = extra_file
+            outputs["levels"] = levels
+        if volume.spatial_dims == 2:
+            write_map_png(folder / "heatmap.png", self.heatmap)
+            outputs["heatmap_png"] = "heatmap.png"
+        geometry = volume.itk or ItkGeometry.from_affine(volume.affine, volume.spatial_dims)
+        segments = [
+            Segment(value, name, SEGMENT_COLORS.get(name.lower(), _palette(value)))
+            for value, name in self.segments.items()
+        ]
+        if self.prediction is not None:
+            write_nifti_like(volume, self.prediction, folder / "prediction.nii.gz", kind="labels")
+            write_segmentation(
+                folder / "prediction.seg.nrrd",
+                self.prediction,
+                geometry,
+                {s.value: (s.name, s.color) for s in segments},
+            )
+            outputs["prediction"] = "prediction.nii.gz"
+            outputs["segmentation"] = "prediction.seg.nrrd"
+        title = (
+            f"{self.summary['method']['name']} | class {self.summary['class']['name']} | "
+            f"M = {self.summary['pixel_set']['definition']} | layer {self.primary}"
+        )
+        render_preview(
+            folder / "preview.png",
+            volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0),
+            self.heatmap,
+            volume.affine,
+            title=title,
+            contour=self.pixels,
+            window=self.image_window,
+        )
+        outputs["preview"] = "preview.png"
+        outputs.update(self._write_slicer(folder, final, geometry, overlays, segments))
+        return outputs
+
+    def _write_slicer(
+        self, folder: Path, final: Path, geometry: ItkGeometry, overlays: list[Overlay], segments: list[Segment]
+    ) -> dict[str, Any]:
+        volume = self.volume
+        single_file = volume.format != "dicom" and not volume.path.name.lower().endswith((".mhd", ".nhdr"))
+        if single_file:
+            scene_image = str(volume.path.absolute())
+            image_suffix = _suffix(volume.path.name)
+            bundle_image: Path | bytes = volume.path
+        else:
+            # a DICOM series or a detached header: a one-file copy for Slicer
+            write_nrrd(folder / "image.nrrd", np.asarray(volume.array[0], dtype=np.float32), geometry)
+            scene_image, image_suffix = "image.nrrd", ".nrrd"
+            bundle_image = (folder / "image.nrrd").read_bytes()
+        focus = tuple(int(v) for v in np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape))
+        segmentation = "prediction.seg.nrrd" if self.prediction is not None else None
+        scene = ReviewScene(
+            image_file=scene_image,
+            geometry=geometry,
+            shape=volume.spatial_shape,
+            overlays=overlays,
+            focus_index=focus,
+            segmentation_file=segmentation,
+            segments=segments,
+            image_window=self.image_window,
+        )
+        tables = {colormap_file_name(o.colormap): colormap_table(o.colormap) for o in overlays}
+        for name, text in tables.items():
+            (folder / name).write_text(text)
+        (folder / "scene.mrml").write_text(scene_xml(scene))
+        (folder / "load_in_slicer.py").write_text(load_script(scene, str(final)))
+        bundled = ReviewScene(
+            image_file=f"Data/image{image_suffix}",
+            geometry=geometry,
+            shape=volume.spatial_shape,
+            overlays=[
+                Overlay(o.name, f"Data/{o.file}", o.colormap, o.window, o.threshold, o.opacity) for o in overlays
+            ],
+            focus_index=focus,
+            segmentation_file=f"Data/{segmentation}" if segmentation else None,
+            segments=segments,
+            image_window=self.image_window,
+            data_prefix="Data/",
+        )
+        text = scene_xml(bundled)
+        files: dict[str, Path | bytes | str] = {f"image{image_suffix}": bundle_image}
+        for o in overlays:
+            files[o.file] = folder / o.file
+        if segmentation:
+            files[segmentation] = folder / segmentation
+        files.update(tables)
+        write_bundle(folder / "review.mrb", text, files)
+        written: dict[str, Any] = {
+            "slicer_bundle": "review.mrb",
+            "slicer_scene": "scene.mrml",
+            "slicer_script": "load_in_slicer.py",
+            "colour_tables": sorted(tables),
+        }
+        if not single_file:
+            written["image_copy"] = "image.nrrd"
+        return written
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def _palette(value: int) -> tuple[float, float, float]:
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["tab10"]((value - 1) % 10)
+    return (round(r, 4), round(g, 4), round(b, 4))
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import nibabel
+    import SimpleITK as sitk  # noqa: N813 - the name everyone uses
+
+    from medcam import __version__
+
+    return {
+        "medcam": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "nibabel": nibabel.__version__,
+        "SimpleITK": sitk.Version_VersionString(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _labels_from(output: torch.Tensor, activation: str) -> torch.Tensor:
+    """Label values on the model grid: argmax (softmax) or 1 + the last channel above 0.5 (sigmoid)."""
+    if activation == "sigmoid":
+        above = output.sigmoid() > 0.5
+        channels = torch.arange(1, output.shape[1] + 1, device=output.device).view(1, -1, *([1] * (output.ndim - 2)))
+        return (above * channels).amax(dim=1)
+    return output.argmax(dim=1)
+
+
+def _segments(meta: CheckpointMeta) -> dict[int, str]:
+    if meta.activation == "sigmoid":
+        return {int(c) + 1: name for name, c in sorted(meta.labels.items(), key=lambda kv: kv[1])}
+    return {int(c): name for name, c in sorted(meta.labels.items(), key=lambda kv: kv[1]) if int(c) != 0}
+
+
+def _bind(target: Target, output: torch.Tensor, choice: ClassChoice, definition: str, path: Path) -> Any:
+    try:
+        return target.bind(output)
+    except TargetError as err:
+        if "is empty" not in str(err):
+            raise
+        raise TargetError(
+            f"the pixel set M ({definition}) is empty: the model predicts no {choice.name} voxels in {path.name}; "
+            "choose M with --pixels, e.g. --pixels prob>0.1, --pixels box:i0,j0,k0:i1,j1,k1 or --pixels image"
+        ) from None
+
+
+def explain_volume(
+    volume: str | Path | Volume,
+    *,
+    class_name: str,
+    model: str | Path | ModelBundle | LoadedModel | None = None,
+    method: str = DEFAULT_METHOD,
+    pixels: str = "predicted",
+    layer: str | Sequence[str] = "auto",
+    device: str = "cpu",
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    window_batch: int = 1,
+    relu: bool = True,
+    normalize: Any = "minmax",
+    seed: int = 0,
+    progress: bool = False,
+    method_options: Mapping[str, Any] | None = None,
+) -> VolumeExplanation:
+    """Explain ``class_name`` on one image with the checkpoint ``model`` (default: the demo model).
+
+    Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    device = _check_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    loaded = load_model(model, device)
+    bundle, meta = loaded.bundle, loaded.bundle.meta
+    choice = resolve_class(meta, class_name)
+    cam = create_method(method, **dict(method_options or {}))
+    post = PostProcessing(relu=relu, normalization=normalize)
+    lap("load_model")
+    vol = volume if isinstance(volume, Volume) else load_volume(volume)
+    lap("load_volume")
+    grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
+    x = grid.image
+    lap("preprocess")
+    segmentation = meta.task == "segmentation"
+    if segmentation:
+        pixel_set, definition = build_pixel_set(pixels, vol, grid)
+    else:
+        if pixels not in ("predicted", "image"):
+            raise UserError(f"--pixels applies to segmentation models; this checkpoint is a {meta.task} model")
+        pixel_set, definition = parse_pixel_set("image"), "whole image (classifier)"
+    target = choice.target(meta, pixel_set)
+    roi = tuple(meta.patch_size) if meta.patch_size else None
+    window = SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
+    probe_input = torch.zeros(1, x.shape[1], *window.roi_for(tuple(x.shape[2:])), device=device)
+    layers, layer_choice = _layers(bundle.model, meta, layer, probe_input)
+    model_x = x.to(device) if not segmentation else x
+    if segmentation:
+        prediction = predict(bundle.model, x, window, progress=progress)
+        lap("predict")
+        bound = _bind(target, prediction, choice, definition, vol.path)
+        result = sliding_window_cam(
+            bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
+        )
+        maps_grid, extras_grid, stats, output = result.maps, result.extras, result.stats, result.output
+        lap("cam")
+    else:
+        from medcam.api import explain
+
+        exp = explain(bundle.model, model_x, cam, target, layers, relu=relu, normalize=normalize)
+        maps_grid, output, stats = dict(exp.maps), exp.output, dict(exp.stats)
+        extras_grid = {k: dict(v) for k, v in exp.extras.items()}
+        bound = exp.target
+        lap("cam")
+    maps = {alias: _renormalize(grid.to_source(m.cpu())[0], normalize) for alias, m in maps_grid.items()}
+    extras = {name: {a: grid.to_source(t.cpu())[0] for a, t in per.items()} for name, per in extras_grid.items()}
+    labels = pixels_src = None
+    if segmentation:
+        labels = grid.to_source(_labels_from(output, meta.activation).float().cpu(), mode="nearest")[0]
+        labels = np.rint(labels).astype(np.int64)
+        assert bound.mask is not None
+        pixels_src = grid.to_source(bound.mask.float().cpu(), mode="nearest")[0] > 0.5
+    lap("invert")
+    primary = _primary(layers, layer)
+    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": cam.name, "options": _jsonable(cam.options()), "relu": relu, "normalize": normalize},
+        "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
+        "pixel_set": {
+            "definition": definition,
+            "coordinates": "input voxel indices (file order)"
+            if definition.startswith(("voxel", "box", "mask"))
+            else "model output",
+            "voxels_model_grid": int(bound.mask.sum()) if bound.mask is not None else None,
+            "voxels_input_grid": int(pixels_src.sum()) if pixels_src is not None else None,
+            "volume_ml": round(float(pixels_src.sum()) * voxel_ml, 4)
+            if pixels_src is not None and vol.spatial_dims == 3
+            else None,
+        },
+        "layers": {"choice": layer_choice, "explained": dict(layers), "primary": primary},
+        "input": vol.describe(),
+        "model": {
+            "path": str(loaded.path) if loaded.path else None,
+            "sha256": loaded.sha256,
+            "architecture": meta.architecture,
+            "task": meta.task,
+            "activation": meta.activation,
+            "labels": dict(meta.labels),
+            "regions": {k: list(v) for k, v in meta.regions.items()},
+            "patch_size": list(meta.patch_size) if meta.patch_size else None,
+            "model_grid": list(grid.grid),
+            "model_grid_affine": np.round(grid.affine, 6).tolist(),
+        },
+        "sliding_window": _jsonable(stats),
+        "prediction": _prediction_summary(labels, _segments(meta))
+        if labels is not None
+        else _class_scores(output, meta),
+        "timings_s": timings,
+        "versions": _versions(),
+        "seed": seed,
+        "device": device,
+    }
+    window_values = meta.preprocessing
+    image_window = (
+        (float(window_values.a_min), float(window_values.a_max))
+        if window_values.a_min is not None and window_values.a_max is not None
+        else None
+    )
+    return VolumeExplanation(
+        volume=vol,
+        maps=maps,
+        primary=primary,
+        extras=extras,
+        prediction=labels,
+        pixels=pixels_src,
+        segments=_segments(meta) if segmentation else {},
+        summary=summary,
+        image_window=image_window,
+    )
+
+
+def _renormalize(data: np.ndarray, normalize: Any) -> np.ndarray:
+    """Normalise again on the input grid, so a written min-max map spans exactly [0, 1]."""
+    if normalize is None:
+        return data.astype(np.float32)
+    from medcam.core.ops import normalize as apply
+
+    return apply(torch.from_numpy(np.ascontiguousarray(data))[None], normalize)[0].numpy().astype(np.float32)
+
+
+def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:
+    if isinstance(spec, str) and spec.startswith("levels") and "bottleneck" in layers:
+        return "bottleneck"
+    return next(iter(layers))
+
+
+def _prediction_summary(labels: np.ndarray, segments: Mapping[int, str]) -> dict[str, Any]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {
+        "voxels_per_label": {
+            segments.get(int(v), str(int(v)) if v else "none"): int(c) for v, c in zip(values, counts, strict=True)
+        }
+    }
+
+
+def _class_scores(output: torch.Tensor, meta: CheckpointMeta) -> dict[str, Any]:
+    probs = output.softmax(dim=1)[0] if meta.activation != "sigmoid" else output.sigmoid()[0]
+    names = {v: k for k, v in meta.labels.items()}
+    return {"probabilities": {names.get(i, str(i)): round(float(p), 6) for i, p in enumerate(probs.tolist())}}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------
+# Output folders
+
+
+def check_output(out: str | Path, *, overwrite: bool) -> None:
+    """Fail early (before any work) if ``out`` exists without ``overwrite`` or cannot be written."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; choose another path")
+    if out.exists() and not overwrite:
+        raise OutputError(f"--out {out} already exists; pass --overwrite to replace it or choose another folder")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create --out {out}: {ancestor} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".medcam-write-test-", dir=ancestor)
+    except OSError as err:
+        raise OutputError(f"cannot write to {ancestor} ({err.strerror}); choose a writable --out folder") from None
+    Path(probe).rmdir()
+
+
+@contextmanager
+def atomic_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder next to ``out``; on success it becomes ``out``, on failure it vanishes.
+
+    Parent folders created for ``out`` are removed again on failure; an existing ``out``
+    is replaced only after the new one is complete.
+    """
+    created: list[Path] = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as err:
+        _remove_empty(created)
+        raise OutputError(f"cannot create {out} ({err.strerror}); choose a writable --out folder") from None
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise OutputError(f"--out {out} appeared while medcam was running; nothing was replaced")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def explain_case(
+    volume: str | Path | Volume,
+    out: str | Path,
+    *,
+    class_name: str,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Explain one image and write its review folder ``out`` (the CLI's ``--volume``/``--image``)."""
+    check_output(out, overwrite=overwrite)
+    return explain_volume(volume, class_name=class_name, **options).save(out, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image of a batch and the name of its output folder."""
+
+    id: str
+    image: Path
+
+
+@dataclass
+class BatchReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def cases_from_folder(folder: str | Path) -> list[Case]:
+    """Images directly in ``folder`` (nnU-Net's ``_0000`` suffix dropped) and case folders.
+
+    A sub-folder is a case when it holds ``imaging.*`` (KiTS layout) or exactly one image,
+    or is a DICOM series.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--folder {folder} is not a folder")
+    cases = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if is_image_file(entry):
+            cases.append(Case(re.sub(r"_0000$", "", strip_suffix(entry.name)), entry))
+        elif entry.is_dir():
+            images = sorted(p for p in entry.iterdir() if is_image_file(p))
+            preferred = [p for p in images if strip_suffix(p.name) == "imaging"]
+            if preferred or len(images) == 1:
+                cases.append(Case(entry.name, (preferred or images)[0]))
+            elif not images and any(p.is_file() for p in entry.iterdir()):
+                cases.append(Case(entry.name, entry))  # maybe a DICOM series; checked when read
+    if not cases:
+        raise UserError(f"--folder {folder} holds no images (.nii.gz, .nrrd, .mha, .png, .jpg or case folders)")
+    return cases
+
+
+def cases_from_datalist(path: str | Path) -> list[Case]:
+    """Cases of a JSON list (paths, or objects with ``image`` and optional ``id``) or a Decathlon file.
+
+    Paths are relative to the JSON file. A Decathlon/MONAI file contributes its
+    ``training``, ``validation`` and ``test`` entries, in that order.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--datalist {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--datalist {path} is not readable JSON ({err})") from None
+    if isinstance(data, Mapping):
+        entries = [e for key in ("cases", "training", "validation", "test") for e in data.get(key, [])]
+    elif isinstance(data, list):
+        entries = data
+    else:
+        raise UserError(f"--datalist {path} must hold a list of cases or a Decathlon-style object")
+    cases, seen = [], set()
+    for entry in entries:
+        image = entry.get("image") if isinstance(entry, Mapping) else entry
+        if not isinstance(image, str):
+            raise UserError(f"--datalist entry {entry!r} has no image path")
+        full = (path.parent / image).resolve() if not Path(image).is_absolute() else Path(image)
+        case_id = entry.get("id") if isinstance(entry, Mapping) and entry.get("id") else None
+        if case_id is None:
+            case_id = re.sub(r"_0000$", "", strip_suffix(full.name))
+            if case_id == "imaging":
+                case_id = full.parent.name
+        if case_id in seen:
+            continue
+        seen.add(case_id)
+        cases.append(Case(str(case_id), full))
+    if not cases:
+        raise UserError(f"--datalist {path} lists no cases")
+    return cases
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``torchrun`` sets RANK and WORLD_SIZE)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as err:
+        raise UserError(f"RANK/WORLD_SIZE must be integers ({err})") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"RANK={rank} does not fit WORLD_SIZE={world}")
+    return rank, world
+
+
+def explain_batch(
+    cases: Sequence[Case],
+    out: str | Path,
+    *,
+    class_name: str,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    model: str | Path | ModelBundle | LoadedModel | None = None,
+    device: str = "cpu",
+    **options: Any,
+) -> BatchReport:
+    """Explain every case into ``out/<case id>``; finished cases are skipped unless ``overwrite``.
+
+    Under ``torchrun`` each rank takes cases ``rank::world_size`` and loads its own model
+    (no process group is needed). A case that fails is reported and the rest continue.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    if device.startswith("cuda") and device == "cuda" and world_size > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(torch.cuda.device_count(), 1)}"
+    check_output(out / ".medcam-batch-probe", overwrite=True)
+    mine = list(cases)[rank::world_size]
+    report = BatchReport()
+    loaded: LoadedModel | None = None
+    for case in mine:
+        target = out / case.id
+        if (target / "summary.json").is_file() and not overwrite:
+            report.skipped.append(case.id)
+            continue
+        try:
+            if target.exists() and not (target / "summary.json").is_file() and not overwrite:
+                raise OutputError(f"{target} exists but is not a medcam output; move it or pass --overwrite")
+            if loaded is None:
+                loaded = load_model(model, _check_device(device))
+            explanation = explain_volume(case.image, class_name=class_name, model=loaded, device=device, **options)
+            explanation.save(target, overwrite=overwrite)
+            report.done.append(case.id)
+        except UserError as err:
+            logger.error("case %s: %s", case.id, err)
+            report.failed[case.id] = str(err)
+    return report
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "SCHEMA_VERSION",
+    "BatchReport",
+    "Case",
+    "ClassChoice",
+    "LoadedModel",
+    "OutputError",
+    "VolumeError",
+    "VolumeExplanation",
+    "build_pixel_set",
+    "cases_from_datalist",
+    "cases_from_folder",
+    "check_output",
+    "default_model_path",
+    "explain_batch",
+    "explain_case",
+    "explain_volume",
+    "load_model",
+    "rank_and_world",
+    "resolve_class",
+    "volume_format",
+]
