@@ -255,3 +255,53 @@ def tiny_unet_checkpoint(
         preprocessing=preprocessing or Preprocessing(),
     )
     return save_checkpoint(path, model, meta)
+
+
+KITS_LABELS = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
+KITS_REGIONS = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
+KITS_PREPROCESSING = Preprocessing(orientation="RAS", spacing=(1.6, 1.6, 2.5), a_min=-200.0, a_max=300.0)
+
+
+def kits_phantom(shape: tuple[int, int, int] = (12, 32, 28), seed: int = 0) -> np.ndarray:
+    """A small abdomen-like CT in KiTS index order (I, P, L): a kidney with a tumour, in HU."""
+    rng = np.random.default_rng(seed)
+    ct = np.full(shape, -80.0, dtype=np.float32) + rng.normal(0, 10, shape).astype(np.float32)
+    centre = (shape[0] / 2, shape[1] * 0.55, shape[2] * 0.35)
+    ct[sphere(shape, centre, radius=min(shape) * 0.35)] = 30.0
+    ct[sphere(shape, (centre[0], centre[1] + 2, centre[2] + 3), radius=min(shape) * 0.15)] = 120.0
+    return ct
+
+
+def write_kits_case(folder: Path, shape: tuple[int, int, int] = (12, 32, 28), seed: int = 0) -> Path:
+    """``folder/imaging.nii.gz`` as KiTS23 stores it (sform only, IPL, 2.5 x 0.8 x 0.8 mm)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_kits_like(folder / "imaging.nii.gz", kits_phantom(shape, seed), spacing=(2.5, 0.8, 0.8))
+
+
+def kits_checkpoint(path: Path, *, bias: dict[int, float] | None = None, **overrides) -> Path:
+    """A tiny 4-class KiTS-like U-Net checkpoint with regions and KiTS-style preprocessing.
+
+    ``bias`` adds to the output layer's bias per channel (e.g. ``{2: -100.0}``: never tumour).
+    """
+    options = {
+        "labels": KITS_LABELS,
+        "regions": KITS_REGIONS,
+        "patch_size": (8, 8, 8),
+        "preprocessing": KITS_PREPROCESSING,
+    }
+    options.update(overrides)
+    tiny_unet_checkpoint(path, **options)
+    if bias:
+        import torch as _torch
+
+        from medcam.models.checkpoint import read_checkpoint
+
+        meta, state = read_checkpoint(path)
+        key = [k for k, v in state.items() if k.endswith(".bias") and v.numel() == len(meta.labels)][-1]
+        for channel, value in bias.items():
+            state[key][channel] += value
+        model = build_model(meta.architecture, **meta.arguments)
+        model.load_state_dict(state)
+        save_checkpoint(path, model, meta)
+        del _torch
+    return path
