@@ -254,12 +254,12 @@ def test_explanations_are_deterministic(tmp_path: Path, kits_case: Path, kits_mo
 def test_a_failed_write_leaves_nothing_and_keeps_the_old_folder(
     tmp_path: Path, kits_case: Path, kits_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medcam.pipeline as pipeline
+    import medcam.volumes.review as review
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "render_preview", broken)
+    monkeypatch.setattr(review, "render_preview", broken)
     target = tmp_path / "nested" / "out"
     with pytest.raises(RuntimeError, match="disk full"):
         explain_case(kits_case, target, class_name="kidney", model=kits_model, pixels="image")
