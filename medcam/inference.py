@@ -298,7 +298,7 @@ def _windows(
     n = x.shape[0]
     padded_x = layout.pad_input(x, window.padding_mode, window.cval)
     stitched = layout.pad_like(prediction.detach())
-    mask = layout.pad_like(bound.mask.to(prediction.device).float())
+    mask = layout.pad_like(bound.mask.to(prediction.device).bool())  # bool: 1 byte per voxel
     weight = layout.importance.to(prediction.device)
     norm = layout.norm().to(prediction.device)
     accumulators = {alias: torch.zeros((n, *layout.padded), dtype=torch.float32) for alias in layers}
@@ -328,10 +328,11 @@ def _windows(
     finally:
         bar.close()
     crop = (slice(None), *layout.crop)
-    maps = {
-        alias: finalize(acc[crop], layout.spatial, relu=post.relu, normalization=post.normalization).to(x.device)
-        for alias, acc in accumulators.items()
-    }
+    maps = {}
+    for alias in list(accumulators):
+        acc = accumulators.pop(alias)  # release each accumulator as soon as its map is done
+        maps[alias] = finalize(acc[crop], layout.spatial, relu=post.relu, normalization=post.normalization).to(x.device)
+        del acc
     stats = {
         "windows": len(layout.slices) * n,
         "windows_with_backward": len(jobs),
@@ -366,7 +367,7 @@ def _window_weights(
     region = (slice(sample, sample + 1), *window)
     values = stitched[(slice(sample, sample + 1), slice(None), *window)].detach().clone().requires_grad_(True)
     single = replace(bound, classes=bound.classes[sample : sample + 1], mask=None)
-    scale = (mask[region] * importance / norm[window]).to(values.dtype)
+    scale = (mask[region].to(values.dtype) * importance / norm[window]).to(values.dtype)
     with torch.enable_grad():
         (gradient,) = torch.autograd.grad((single.logit_map(values) * scale).sum(), values)
     return gradient.detach()

@@ -309,11 +309,11 @@ def _mask_file(path: Path, volume: Volume, label: int | None) -> np.ndarray:
             f"but {volume.path.name} has shape {volume.spatial_shape} and orientation {axis_codes(volume.affine)} "
             "with another affine; give a mask on the input's voxel grid"
         )
-    values = np.rint(mask_volume.array[0]).astype(np.int64)
-    mask = values == label if label is not None else values > 0
+    values = mask_volume.array[0]
+    mask = np.abs(values - label) < 0.5 if label is not None else values > 0.5
     if not mask.any():
         what = f"label {label}" if label is not None else "non-zero voxels"
-        found = sorted(int(v) for v in np.unique(values))[:10]
+        found = sorted(int(v) for v in np.unique(np.rint(values)))[:10]
         raise UserError(f"mask {path} has no {what} (values present: {found}); pick another label")
     return mask
 
@@ -368,12 +368,17 @@ def _sha256(path: Path) -> str:
 
 
 def _labels_from(output: torch.Tensor, activation: str) -> torch.Tensor:
-    """Label values on the model grid: argmax (softmax) or 1 + the last channel above 0.5 (sigmoid)."""
+    """Label values on the model grid: argmax (softmax) or 1 + the last channel above 0.5 (sigmoid).
+
+    uint8 (int16 beyond 255 labels): the labelmap is a full-volume array.
+    """
+    dtype = torch.uint8 if output.shape[1] < 256 else torch.int16
     if activation == "sigmoid":
-        above = output.sigmoid() > 0.5
-        channels = torch.arange(1, output.shape[1] + 1, device=output.device).view(1, -1, *([1] * (output.ndim - 2)))
-        return (above * channels).amax(dim=1)
-    return output.argmax(dim=1)
+        labels = torch.zeros((output.shape[0], *output.shape[2:]), dtype=dtype, device=output.device)
+        for channel in range(output.shape[1]):
+            labels[output[:, channel] > 0] = channel + 1  # sigmoid(logit) > 0.5
+        return labels
+    return output.argmax(dim=1).to(dtype)
 
 
 def _segments(meta: CheckpointMeta) -> dict[int, str]:
@@ -451,7 +456,7 @@ def explain_volume(
     window = SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
     probe_input = torch.zeros(1, x.shape[1], *window.roi_for(tuple(x.shape[2:])), device=device)
     layers, layer_choice = _layers(bundle.model, meta, layer, probe_input)
-    model_x = x.to(device) if not segmentation else x
+    labels_grid: torch.Tensor | None = None
     if segmentation:
         prediction = predict(bundle.model, x, window, progress=progress)
         lap("predict")
@@ -459,24 +464,33 @@ def explain_volume(
         result = sliding_window_cam(
             bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
         )
-        maps_grid, extras_grid, stats, output = result.maps, result.extras, result.stats, result.output
+        maps_grid, extras_grid, stats = result.maps, result.extras, result.stats
+        labels_grid = _labels_from(prediction, meta.activation)
+        prediction_summary: dict[str, Any] = {}
+        del result, prediction  # the stitched logits are the largest array; free them before inverting
         lap("cam")
     else:
         from medcam.api import explain
 
-        exp = explain(bundle.model, model_x, cam, target, layers, relu=relu, normalize=normalize)
-        maps_grid, output, stats = dict(exp.maps), exp.output, dict(exp.stats)
+        exp = explain(bundle.model, x.to(device), cam, target, layers, relu=relu, normalize=normalize)
+        maps_grid, stats, bound = dict(exp.maps), dict(exp.stats), exp.target
         extras_grid = {k: dict(v) for k, v in exp.extras.items()}
-        bound = exp.target
+        prediction_summary = _class_scores(exp.output, meta)
+        del exp
         lap("cam")
-    maps = {alias: _renormalize(grid.to_source(m.cpu())[0], normalize) for alias, m in maps_grid.items()}
+    grid = grid.without_image()
+    del x
+    maps = {}
+    for alias in list(maps_grid):
+        maps[alias] = _renormalize(grid.to_source(maps_grid.pop(alias).cpu())[0], normalize)
     extras = {name: {a: grid.to_source(t.cpu())[0] for a, t in per.items()} for name, per in extras_grid.items()}
     labels = pixels_src = None
-    if segmentation:
-        labels = grid.to_source(_labels_from(output, meta.activation).float().cpu(), mode="nearest")[0]
-        labels = np.rint(labels).astype(np.int64)
+    if labels_grid is not None:
+        labels = grid.to_source(labels_grid.float().cpu(), mode="nearest")[0].astype(labels_grid.numpy().dtype)
+        del labels_grid
         assert bound.mask is not None
         pixels_src = grid.to_source(bound.mask.float().cpu(), mode="nearest")[0] > 0.5
+        prediction_summary = _prediction_summary(labels, _segments(meta))
     lap("invert")
     primary = _primary(layers, layer)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
@@ -510,9 +524,7 @@ def explain_volume(
             "model_grid_affine": np.round(grid.affine, 6).tolist(),
         },
         "sliding_window": _jsonable(stats),
-        "prediction": _prediction_summary(labels, _segments(meta))
-        if labels is not None
-        else _class_scores(output, meta),
+        "prediction": prediction_summary,
         "timings_s": timings,
         "versions": _versions(),
         "seed": seed,
@@ -553,12 +565,9 @@ def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:
 
 
 def _prediction_summary(labels: np.ndarray, segments: Mapping[int, str]) -> dict[str, Any]:
-    values, counts = np.unique(labels, return_counts=True)
-    return {
-        "voxels_per_label": {
-            segments.get(int(v), str(int(v)) if v else "none"): int(c) for v, c in zip(values, counts, strict=True)
-        }
-    }
+    counts = np.bincount(labels.ravel().astype(np.intp, copy=False))
+    named = {int(v): segments.get(int(v), str(int(v)) if v else "none") for v in np.flatnonzero(counts)}
+    return {"voxels_per_label": {name: int(counts[v]) for v, name in named.items()}}
 
 
 def _class_scores(output: torch.Tensor, meta: CheckpointMeta) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -50,9 +50,11 @@ class ModelInput:
     _spatial: Any
     _applied: list[Any]
 
-    @property
-    def grid(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.image.shape[2:])
+    grid: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            object.__setattr__(self, "grid", tuple(int(s) for s in self.image.shape[2:]))
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -60,6 +62,10 @@ class ModelInput:
         if self.squeezed is None:
             return self.source_shape
         return tuple(s for a, s in enumerate(self.source_shape) if a != self.squeezed)
+
+    def without_image(self) -> ModelInput:
+        """The same grid without its image tensor (frees memory once the model has run)."""
+        return replace(self, image=self.image.new_empty((0,)))
 
     def to_source(self, data: Tensor, *, mode: Interpolation = "bilinear") -> np.ndarray:
         """``(K, *grid)`` on the model grid -> ``(K, *source spatial)`` on the input's own grid."""

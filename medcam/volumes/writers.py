@@ -143,6 +143,18 @@ def _number(value: float) -> str:
     return "0" if text == "-0" else text
 
 
+def _extent(inside: np.ndarray) -> str:
+    """Slicer's inclusive index extent ``i0 i1 j0 j1 k0 k1`` of a boolean mask (empty: ``0 -1 ...``)."""
+    bounds = []
+    for axis in range(inside.ndim):
+        others = tuple(a for a in range(inside.ndim) if a != axis)
+        hits = np.flatnonzero(inside.any(axis=others))
+        if hits.size == 0:
+            return "0 -1 0 -1 0 -1"
+        bounds += [int(hits[0]), int(hits[-1])]
+    return " ".join(str(b) for b in bounds)
+
+
 def write_segmentation(
     path: str | Path,
     labels: np.ndarray,
@@ -162,9 +174,7 @@ def write_segmentation(
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
     for index, (value, (name, color)) in enumerate(sorted(segments.items())):
-        where = np.nonzero(labels3 == value)
-        empty = "0 -1 0 -1 0 -1"
-        extent = " ".join(f"{int(a.min())} {int(a.max())}" for a in where) if where[0].size else empty
+        extent = _extent(labels3 == value)
         prefix = f"Segment{index}_"
         fields[prefix + "ID"] = f"Segment_{value}"
         fields[prefix + "Name"] = name
