@@ -420,7 +420,49 @@ def explain_volume(
     """Explain ``class_name`` on one image with the checkpoint ``model`` (default: the demo model).
 
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
+    Torch's random state is seeded with ``seed`` for the call and restored afterwards.
     """
+    device = _check_device(device)
+    devices = [torch.device(device)] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _explain_volume(
+            volume,
+            class_name=class_name,
+            model=model,
+            method=method,
+            pixels=pixels,
+            layer=layer,
+            device=device,
+            overlap=overlap,
+            blend=blend,
+            window_batch=window_batch,
+            relu=relu,
+            normalize=normalize,
+            seed=seed,
+            progress=progress,
+            method_options=method_options,
+        )
+
+
+def _explain_volume(
+    volume: str | Path | Volume,
+    *,
+    class_name: str,
+    model: str | Path | ModelBundle | LoadedModel | None = None,
+    method: str = DEFAULT_METHOD,
+    pixels: str = "predicted",
+    layer: str | Sequence[str] = "auto",
+    device: str = "cpu",
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    window_batch: int = 1,
+    relu: bool = True,
+    normalize: Any = "minmax",
+    seed: int = 0,
+    progress: bool = False,
+    method_options: Mapping[str, Any] | None = None,
+) -> VolumeExplanation:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -430,17 +472,14 @@ def explain_volume(
         timings[name] = round(now - clock, 3)
         clock = now
 
-    device = _check_device(device)
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
+    cam = create_method(method, **dict(method_options or {}))
+    post = PostProcessing(relu=relu, normalization=normalize)
+    vol = volume if isinstance(volume, Volume) else load_volume(volume)
+    lap("load_volume")
     loaded = load_model(model, device)
     bundle, meta = loaded.bundle, loaded.bundle.meta
     choice = resolve_class(meta, class_name)
-    cam = create_method(method, **dict(method_options or {}))
-    post = PostProcessing(relu=relu, normalization=normalize)
     lap("load_model")
-    vol = volume if isinstance(volume, Volume) else load_volume(volume)
-    lap("load_volume")
     grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
     x = grid.image
     lap("preprocess")
