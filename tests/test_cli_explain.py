@@ -201,3 +201,22 @@ def test_batch_reports_failed_cases_and_continues(tmp_path: Path, kits_model: Pa
     assert "1 explained, 0 already done, 1 failed" in captured.out
     assert captured.err.strip().startswith("medcam: error: case broken:")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["case_a"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_ranks_share_the_cases(tmp_path: Path, case_folder: Path, kits_model: Path) -> None:
+    """Two ranks under the real launcher: each case written once, by one rank, no process group needed."""
+    out = tmp_path / "ranks"
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
+    environment["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "medcam",
+         "explain", "--folder", str(case_folder), "--model", str(kits_model), "--class", "kidney", "--pixels", "image",
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "medcam[0/2]: 2 explained" in done.stdout and "medcam[1/2]: 1 explained" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["case_00000", "case_00001", "case_00002"]

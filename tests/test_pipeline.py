@@ -280,3 +280,32 @@ def test_preprocessing_settings_reach_the_model_grid(kits_case: Path, kits_model
     np.testing.assert_allclose(np.linalg.norm(grid_affine[:3, :3], axis=0), KITS_PREPROCESSING.spacing)
     assert exp.summary["sliding_window"]["windows"] > 1
     assert exp.summary["input"]["orientation"] == "IPL"
+
+
+def test_classifier_on_a_jpeg_gets_a_map_on_its_pixels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medcam.models.checkpoint import save_checkpoint
+    from medcam.models.factory import build_model
+
+    Image.fromarray((np.random.default_rng(0).random((50, 70)) * 255).astype(np.uint8)).save(tmp_path / "ct.jpg")
+    torch.manual_seed(0)
+    model = build_model("torchvision.resnet18", num_classes=3, pretrained=False)
+    imagenet = Preprocessing(
+        size=(64, 64), a_min=0.0, a_max=255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
+    labels = {"normal": 0, "benign": 1, "malignant": 2}
+    meta = CheckpointMeta(
+        "torchvision.resnet18", {"num_classes": 3}, "classification", 2, 3, labels, preprocessing=imagenet
+    )
+    save_checkpoint(tmp_path / "cls.pt", model, meta)
+    out = explain_case(
+        tmp_path / "ct.jpg", tmp_path / "out", class_name="malignant", model=tmp_path / "cls.pt", method="gradcam"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["prediction"]["probabilities"]) == {"normal", "benign", "malignant"}
+    assert summary["layers"]["explained"] == {"layer4": "layer4"}
+    assert nib.load(str(out / "heatmap.nii.gz")).shape == (70, 50)  # (W, H) of the JPEG, not the 64 x 64 model grid
+    assert not (out / "prediction.nii.gz").exists()
+    with pytest.raises(UserError, match="applies to segmentation models"):
+        explain_volume(tmp_path / "ct.jpg", class_name="benign", model=tmp_path / "cls.pt", pixels="box:0,0:5,5")
