@@ -186,3 +186,24 @@ def test_load_script_runs_against_a_stand_in_slicer(explained_case: Path, monkey
     display.SetLowerThreshold.assert_called_with(0.2)
     display.SetApplyThreshold.assert_called_with(True)
     fake.vtkMRMLSliceNode.JumpAllSlices.assert_called_once()  # type: ignore[attr-defined]
+
+
+def test_dicom_series_gets_a_one_file_copy_in_the_package(tmp_path: Path, kits_model: Path) -> None:
+    from volume_phantoms import header_variants
+
+    from medcam.pipeline import explain_case
+
+    series = header_variants()["dicom_series"](tmp_path)
+    out = explain_case(series, tmp_path / "out", class_name="kidney", model=kits_model, pixels="image")
+    copy = sitk.ReadImage(str(out / "image.nrrd"))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
+    original = reader.Execute()
+    np.testing.assert_allclose(copy.GetOrigin(), original.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(copy.GetDirection(), original.GetDirection(), atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(copy), sitk.GetArrayFromImage(original))
+    nodes = parse((out / "scene.mrml").read_text())
+    check_scene(nodes, lambda name: (out / name).is_file())
+    assert any(n.attrib.get("fileName") == "image.nrrd" for n in nodes.values())
+    with zipfile.ZipFile(out / "review.mrb") as bundle:
+        assert bundle.read("review/Data/image.nrrd") == (out / "image.nrrd").read_bytes()

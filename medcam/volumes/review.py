@@ -165,14 +165,19 @@ class VolumeExplanation:
         self, folder: Path, final: Path, geometry: ItkGeometry, overlays: list[Overlay], segments: list[Segment]
     ) -> dict[str, Any]:
         volume = self.volume
-        single_file = volume.format != "dicom" and not volume.path.name.lower().endswith((".mhd", ".nhdr"))
+        # Slicer reads one-file scalar images directly; a DICOM series, a detached header or a
+        # colour image gets a one-file grey copy (``image.nrrd``) with ITK's geometry
+        single_file = (
+            volume.format != "dicom"
+            and not volume.path.name.lower().endswith((".mhd", ".nhdr"))
+            and volume.channels == 1
+        )
         if single_file:
             scene_image = str(volume.path.absolute())
             image_suffix = _suffix(volume.path.name)
             bundle_image: Path | bytes = volume.path
         else:
-            # a DICOM series or a detached header: a one-file copy for Slicer
-            write_nrrd(folder / "image.nrrd", np.asarray(volume.array[0], dtype=np.float32), geometry)
+            write_nrrd(folder / "image.nrrd", np.asarray(volume.array.mean(axis=0), dtype=np.float32), geometry)
             scene_image, image_suffix = "image.nrrd", ".nrrd"
             bundle_image = (folder / "image.nrrd").read_bytes()
         focus = tuple(int(v) for v in np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape))
