@@ -213,7 +213,8 @@ class WindowCAMResult:
     target: BoundTarget
     output: Tensor
     extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # windows: counts, size, overlap, blending
+    method_stats: dict[str, Any] = field(default_factory=dict)  # what the method reports (whole-volume run)
 
 
 def sliding_window_cam(
@@ -277,7 +278,7 @@ def _whole_volume(
     }
     extras = {name: {alias: t[crop] for alias, t in per.items()} for name, per in raw.extras.items()}
     stats = {"windows": 1, "windows_with_backward": 1, "roi_size": list(layout.roi), "decomposed": False}
-    return WindowCAMResult(maps, bound, prediction, extras, {**raw.stats, **stats})
+    return WindowCAMResult(maps, bound, prediction, extras, stats, dict(raw.stats))
 
 
 def _windows(

@@ -503,7 +503,7 @@ def _explain_volume(
         result = sliding_window_cam(
             bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
         )
-        maps_grid, extras_grid, stats = result.maps, result.extras, result.stats
+        maps_grid, extras_grid, stats, method_stats = result.maps, result.extras, result.stats, result.method_stats
         labels_grid = _labels_from(prediction, meta.activation)
         prediction_summary: dict[str, Any] = {}
         del result, prediction  # the stitched logits are the largest array; free them before inverting
@@ -512,7 +512,8 @@ def _explain_volume(
         from medcam.api import explain
 
         exp = explain(bundle.model, x.to(device), cam, target, layers, relu=relu, normalize=normalize)
-        maps_grid, stats, bound = dict(exp.maps), dict(exp.stats), exp.target
+        maps_grid, method_stats, bound = dict(exp.maps), dict(exp.stats), exp.target
+        stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
         extras_grid = {k: dict(v) for k, v in exp.extras.items()}
         prediction_summary = _class_scores(exp.output, meta)
         del exp
@@ -535,7 +536,13 @@ def _explain_volume(
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "method": {"name": cam.name, "options": _jsonable(cam.options()), "relu": relu, "normalize": normalize},
+        "method": {
+            "name": cam.name,
+            "options": _jsonable(cam.options()),
+            "relu": relu,
+            "normalize": normalize,
+            "stats": _jsonable(method_stats),
+        },
         "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
         "pixel_set": {
             "definition": definition,
