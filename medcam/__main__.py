@@ -1,0 +1,5 @@
+import sys
+
+from medcam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""``medcam explain``: explain a class on an image file; write NIfTI overlays and a Slicer package.
+
+One case: ``--volume PATH`` (3D: NIfTI, NRRD, MHA, DICOM folder) or ``--image PATH``
+(2D: PNG/JPEG, or any of the above). Many cases: ``--datalist cases.json`` or
+``--folder DIR``, one sub-folder of ``--out`` per case; finished cases are skipped, and
+under ``torchrun`` every rank takes its share of the cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="explain a class on a volume or image; write heatmap.nii.gz, a Slicer package and a summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--volume", metavar="PATH", help="a 3D image: .nii/.nii.gz, .nrrd, .mha, or a DICOM folder")
+    source.add_argument("--image", metavar="PATH", help="a 2D image: .png/.jpg (or a 2D NIfTI/NRRD)")
+    source.add_argument("--datalist", metavar="JSON", help="a JSON list of cases (or a Decathlon datalist)")
+    source.add_argument("--folder", metavar="DIR", help="explain every image (or case folder) in DIR")
+    parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
+    parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default: the shipped demo model)")
+    parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
+    parser.add_argument(
+        "--pixels",
+        default="predicted",
+        metavar="SET",
+        help="pixel set M: predicted | prob>T | mask:FILE[:LABEL] | box:i0,j0,k0:i1,j1,k1 | voxel:i,j,k | "
+        "component[:N] | image (coordinates in input voxel indices; default: predicted)",
+    )
+    parser.add_argument(
+        "--layer",
+        default="auto",
+        metavar="NAME",
+        help="auto | levels | levels:enc1,bottleneck | module path(s), comma-separated (default: auto)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: medcam_<input name>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
+    parser.add_argument(
+        "--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending (default: gaussian)"
+    )
+    parser.add_argument("--window-batch", type=int, default=1, help="windows per forward/backward pass (default: 1)")
+    parser.add_argument(
+        "--normalize", choices=("minmax", "max", "none"), default="minmax", help="map normalisation (default: minmax)"
+    )
+    parser.add_argument("--no-relu", action="store_true", help="keep negative evidence (signed maps)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, recorded in summary.json (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from medcam import pipeline
+    from medcam.errors import UserError
+
+    options: dict[str, Any] = {
+        "model": args.model,
+        "method": args.method or pipeline.DEFAULT_METHOD,
+        "pixels": args.pixels,
+        "layer": args.layer,
+        "device": args.device,
+        "overlap": args.overlap,
+        "blend": args.blend,
+        "window_batch": args.window_batch,
+        "normalize": None if args.normalize == "none" else args.normalize,
+        "relu": not args.no_relu,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    single = args.volume or args.image
+    if single is not None:
+        out = Path(args.out) if args.out else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
+        written = pipeline.explain_case(single, out, class_name=args.class_name, overwrite=args.overwrite, **options)
+        print(f"medcam: wrote {written}")
+        return 0
+    if not args.out:
+        raise UserError("--datalist and --folder need --out DIR (one sub-folder per case is written there)")
+    cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)
+    rank, world = pipeline.rank_and_world()
+    report = pipeline.explain_batch(
+        cases, args.out, class_name=args.class_name, overwrite=args.overwrite, rank=rank, world_size=world, **options
+    )
+    prefix = f"medcam[{rank}/{world}]" if world > 1 else "medcam"
+    print(
+        f"{prefix}: {len(report.done)} explained, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed (of {len(cases)} cases, output in {Path(args.out)})"
+    )
+    for case_id, message in report.failed.items():
+        print(f"{prefix}: error: case {case_id}: {message}", file=sys.stderr)
+    return 2 if report.failed else 0

@@ -1,0 +1,148 @@
+"""PNG previews: three orthogonal slices through the map's maximum, overlaid on the image.
+
+Slices are shown the way radiologists and 3D Slicer show them: the volume is brought
+to the closest RAS orientation first (a permutation and flips only, no resampling),
+then axial and coronal views have the patient's right on the left of the screen and
+the sagittal view has anterior on the left; pixels are drawn with their physical
+aspect ratio. 2D images are shown as they are stored (row 0 at the top).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcam.volumes.geometry import voxel_spacing
+
+HEATMAP_COLORMAP = "inferno"
+DEFAULT_THRESHOLD = 0.2
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    image: np.ndarray
+    heat: np.ndarray
+    contour: np.ndarray | None
+    aspect: float
+
+
+def _canonical(affine: np.ndarray, *arrays: np.ndarray | None) -> tuple[list[np.ndarray | None], tuple[float, ...]]:
+    """Reorder/flip 3D arrays to the closest RAS orientation; returns them and their spacing."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    out = [None if a is None else nib.orientations.apply_orientation(a, ornt) for a in arrays]
+    spacing = voxel_spacing(affine, 3)
+    order = [int(ornt[axis, 0]) for axis in range(3)]
+    canonical_spacing = [0.0, 0.0, 0.0]
+    for axis, target in enumerate(order):
+        canonical_spacing[target] = spacing[axis]
+    return out, tuple(canonical_spacing)
+
+
+def _window(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    lo, hi = window if window is not None else tuple(np.percentile(image, [1.0, 99.0]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def orthogonal_panels(
+    image: np.ndarray,
+    heat: np.ndarray,
+    affine: np.ndarray,
+    *,
+    contour: np.ndarray | None = None,
+    point: tuple[int, ...] | None = None,
+) -> list[Panel]:
+    """Axial, coronal and sagittal slices through ``point`` (default: the map's maximum)."""
+    if point is None:
+        point = tuple(int(v) for v in np.unravel_index(int(np.argmax(heat)), heat.shape))
+    marker = np.zeros(heat.shape, dtype=bool)
+    marker[point] = True
+    (img, hm, ct, mk), (sx, sy, sz) = _canonical(affine, image, heat, contour, marker)
+    assert img is not None and hm is not None and mk is not None
+    x, y, z = (int(v[0]) for v in np.nonzero(mk))
+
+    def view(a: np.ndarray | None, plane: str) -> np.ndarray | None:
+        if a is None:
+            return None
+        if plane == "axial":  # rows anterior -> posterior, columns right -> left
+            return a[::-1, ::-1, z].T
+        if plane == "coronal":  # rows superior -> inferior, columns right -> left
+            return a[::-1, y, ::-1].T
+        return a[x, ::-1, ::-1].T  # sagittal: rows superior -> inferior, columns anterior -> posterior
+
+    aspects = {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}
+    panels = []
+    for plane in ("axial", "coronal", "sagittal"):
+        pi, ph = view(img, plane), view(hm, plane)
+        assert pi is not None and ph is not None
+        panels.append(Panel(plane, pi, ph, view(ct, plane), aspects[plane]))
+    return panels
+
+
+def render_preview(
+    path: str | Path,
+    image: np.ndarray,
+    heat: np.ndarray,
+    affine: np.ndarray,
+    *,
+    title: str = "",
+    contour: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    colormap: str = HEATMAP_COLORMAP,
+    label: str = "CAM",
+) -> Path:
+    """Write ``preview.png``: three orthogonal slices (or the 2D image) with the map overlaid.
+
+    ``image``/``heat``/``contour`` share one grid in file index order; values of
+    ``heat`` below ``threshold`` are transparent (as in the Slicer scene); ``contour``
+    (e.g. the explained pixel set M) is outlined in cyan.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    path = Path(path)
+    if image.ndim == 2:  # (W, H) -> display rows = image rows
+        panels = [Panel("image", image.T, heat.T, None if contour is None else contour.T, 1.0)]
+    else:
+        panels = orthogonal_panels(image, heat, affine, contour=contour)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.8, 4.4), squeeze=False)
+    norm = colors.Normalize(vmin=0.0, vmax=1.0)
+    mappable = None
+    for ax, panel in zip(axes[0], panels, strict=True):
+        ax.imshow(
+            _window(panel.image, window), cmap="gray", vmin=0, vmax=1, aspect=panel.aspect, interpolation="nearest"
+        )
+        masked = np.ma.masked_less(panel.heat, threshold)
+        mappable = ax.imshow(masked, cmap=colormap, norm=norm, alpha=0.6, aspect=panel.aspect, interpolation="nearest")
+        if panel.contour is not None and panel.contour.any():
+            ax.contour(panel.contour.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_axis_off()
+    if mappable is not None:
+        bar = fig.colorbar(mappable, ax=list(axes[0]), fraction=0.025, pad=0.02)
+        bar.set_label(label)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def write_map_png(path: str | Path, heat: np.ndarray) -> Path:
+    """A 2D map (file index order ``(W, H)``) as an 8-bit greyscale PNG in the image's pixel layout."""
+    from PIL import Image
+
+    path = Path(path)
+    values = np.clip(np.nan_to_num(heat.T, nan=0.0), 0.0, 1.0)
+    Image.fromarray(np.rint(values * 255).astype(np.uint8)).save(path)
+    return path

@@ -1,0 +1,244 @@
+"""The review folder of one explanation: NIfTI overlays, Slicer package, preview and summary.
+
+Layout (``--out DIR``): ``heatmap.nii.gz`` (the primary layer), ``<extra>.nii.gz`` for
+each extra map a method returns (uncertainty, agreement, ...), ``levels/<layer>.nii.gz``
+and ``levels/<layer>_<extra>.nii.gz`` when several layers were explained,
+``prediction.nii.gz`` and ``prediction.seg.nrrd`` (segmentation models),
+``heatmap.png`` (2D inputs), ``preview.png``, ``summary.json``, and the Slicer package:
+``review.mrb``, ``scene.mrml``, ``colormap_*.ctbl`` and ``load_in_slicer.py`` (plus
+``image.nrrd`` when the input is a DICOM series or a detached header).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcam.volumes.folders import atomic_folder, check_output
+from medcam.volumes.geometry import ItkGeometry
+from medcam.volumes.io import Volume
+from medcam.volumes.preview import DEFAULT_THRESHOLD, render_preview, write_map_png
+from medcam.volumes.slicer import (
+    Overlay,
+    ReviewScene,
+    Segment,
+    colormap_file_name,
+    colormap_table,
+    load_script,
+    scene_xml,
+    write_bundle,
+)
+from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentation
+
+logger = logging.getLogger(__name__)
+
+# colour maps of extra overlays by name; anything else gets viridis
+EXTRA_COLORMAPS = {"uncertainty": "viridis", "agreement": "cividis", "valid_views": "viridis"}
+# segment colours for common labels, then a qualitative palette
+SEGMENT_COLORS = {
+    "kidney": (0.73, 0.40, 0.33),
+    "tumor": (0.89, 0.85, 0.17),
+    "tumour": (0.89, 0.85, 0.17),
+    "cyst": (0.35, 0.67, 0.92),
+    "masses": (0.95, 0.55, 0.20),
+    "kidney_and_masses": (0.73, 0.40, 0.33),
+}
+
+
+def _safe_name(alias: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", alias).strip("._") or "layer"
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeExplanation:
+    """Maps on the input's own voxel grid, with everything needed to write the review folder.
+
+    ``maps``: layer alias -> float32 array (input spatial shape); ``primary`` names the
+    one written as ``heatmap.nii.gz``; ``extras``: extra name -> alias -> array;
+    ``prediction``: label values on the input grid (segmentation) or ``None``;
+    ``pixels``: the explained pixel set M on the input grid (segmentation) or ``None``.
+    """
+
+    volume: Volume
+    maps: Mapping[str, np.ndarray]
+    primary: str
+    extras: Mapping[str, Mapping[str, np.ndarray]]
+    prediction: np.ndarray | None
+    pixels: np.ndarray | None
+    segments: Mapping[int, str]
+    summary: Mapping[str, Any]
+    image_window: tuple[float, float] | None = None
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        return self.maps[self.primary]
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the review folder atomically (temporary folder, then rename)."""
+        out = Path(out).absolute()
+        check_output(out, overwrite=overwrite)
+        start = time.perf_counter()
+        with atomic_folder(out, overwrite=overwrite) as tmp:
+            outputs = self._write(tmp, final=out)
+            summary = dict(self.summary)
+            timings = dict(summary.get("timings_s", {}))
+            timings["write"] = round(time.perf_counter() - start, 3)
+            summary["timings_s"] = timings
+            summary["outputs"] = outputs
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        logger.info("wrote %s", out)
+        return out
+
+    def _write(self, folder: Path, *, final: Path) -> dict[str, Any]:
+        volume = self.volume
+        outputs: dict[str, Any] = {"heatmap": "heatmap.nii.gz"}
+        write_nifti_like(volume, self.heatmap, folder / "heatmap.nii.gz")
+        overlays = [Overlay("medcam heatmap", "heatmap.nii.gz", "inferno", (0.0, 1.0), (DEFAULT_THRESHOLD, 1.0))]
+        for name, per_layer in sorted(self.extras.items()):
+            if self.primary not in per_layer:
+                continue
+            file_name = f"{_safe_name(name)}.nii.gz"
+            data = per_layer[self.primary]
+            write_nifti_like(volume, data, folder / file_name)
+            outputs.setdefault("extras", {})[name] = file_name
+            lo, hi = float(np.min(data)), float(np.max(data))
+            overlays.append(
+                Overlay(name, file_name, EXTRA_COLORMAPS.get(name, "viridis"), (lo, hi if hi > lo else lo + 1), None)
+            )
+        if len(self.maps) > 1:
+            (folder / "levels").mkdir()
+            levels: dict[str, Any] = {}
+            for alias, data in self.maps.items():
+                base = _safe_name(alias)
+                write_nifti_like(volume, data, folder / "levels" / f"{base}.nii.gz")
+                levels[alias] = f"levels/{base}.nii.gz"
+                for name, per_layer in sorted(self.extras.items()):
+                    if alias in per_layer:
+                        extra_file = f"levels/{base}_{_safe_name(name)}.nii.gz"
+                        write_nifti_like(volume, per_layer[alias], folder / extra_file)
+                        levels[f"{alias}:{name}"] = extra_file
+            outputs["levels"] = levels
+        if volume.spatial_dims == 2:
+            write_map_png(folder / "heatmap.png", self.heatmap)
+            outputs["heatmap_png"] = "heatmap.png"
+        geometry = volume.itk or ItkGeometry.from_affine(volume.affine, volume.spatial_dims)
+        segments = [
+            Segment(value, name, SEGMENT_COLORS.get(name.lower(), _palette(value)))
+            for value, name in self.segments.items()
+        ]
+        if self.prediction is not None:
+            write_nifti_like(volume, self.prediction, folder / "prediction.nii.gz", kind="labels")
+            write_segmentation(
+                folder / "prediction.seg.nrrd",
+                self.prediction,
+                geometry,
+                {s.value: (s.name, s.color) for s in segments},
+            )
+            outputs["prediction"] = "prediction.nii.gz"
+            outputs["segmentation"] = "prediction.seg.nrrd"
+        title = (
+            f"{self.summary['method']['name']} | class {self.summary['class']['name']} | "
+            f"M = {self.summary['pixel_set']['definition']} | layer {self.primary}"
+        )
+        render_preview(
+            folder / "preview.png",
+            volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0),
+            self.heatmap,
+            volume.affine,
+            title=title,
+            contour=self.pixels,
+            window=self.image_window,
+        )
+        outputs["preview"] = "preview.png"
+        outputs.update(self._write_slicer(folder, final, geometry, overlays, segments))
+        return outputs
+
+    def _write_slicer(
+        self, folder: Path, final: Path, geometry: ItkGeometry, overlays: list[Overlay], segments: list[Segment]
+    ) -> dict[str, Any]:
+        volume = self.volume
+        # Slicer reads one-file scalar images directly; a DICOM series, a detached header or a
+        # colour image gets a one-file grey copy (``image.nrrd``) with ITK's geometry
+        single_file = (
+            volume.format != "dicom"
+            and not volume.path.name.lower().endswith((".mhd", ".nhdr"))
+            and volume.channels == 1
+        )
+        if single_file:
+            scene_image = str(volume.path.absolute())
+            image_suffix = _suffix(volume.path.name)
+            bundle_image: Path | bytes = volume.path
+        else:
+            write_nrrd(folder / "image.nrrd", np.asarray(volume.array.mean(axis=0), dtype=np.float32), geometry)
+            scene_image, image_suffix = "image.nrrd", ".nrrd"
+            bundle_image = (folder / "image.nrrd").read_bytes()
+        focus = tuple(int(v) for v in np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape))
+        segmentation = "prediction.seg.nrrd" if self.prediction is not None else None
+        scene = ReviewScene(
+            image_file=scene_image,
+            geometry=geometry,
+            shape=volume.spatial_shape,
+            overlays=overlays,
+            focus_index=focus,
+            segmentation_file=segmentation,
+            segments=segments,
+            image_window=self.image_window,
+        )
+        tables = {colormap_file_name(o.colormap): colormap_table(o.colormap) for o in overlays}
+        for name, text in tables.items():
+            (folder / name).write_text(text)
+        (folder / "scene.mrml").write_text(scene_xml(scene))
+        (folder / "load_in_slicer.py").write_text(load_script(scene, str(final)))
+        bundled = ReviewScene(
+            image_file=f"Data/image{image_suffix}",
+            geometry=geometry,
+            shape=volume.spatial_shape,
+            overlays=[
+                Overlay(o.name, f"Data/{o.file}", o.colormap, o.window, o.threshold, o.opacity) for o in overlays
+            ],
+            focus_index=focus,
+            segmentation_file=f"Data/{segmentation}" if segmentation else None,
+            segments=segments,
+            image_window=self.image_window,
+            data_prefix="Data/",
+        )
+        text = scene_xml(bundled)
+        files: dict[str, Path | bytes | str] = {f"image{image_suffix}": bundle_image}
+        for o in overlays:
+            files[o.file] = folder / o.file
+        if segmentation:
+            files[segmentation] = folder / segmentation
+        files.update(tables)
+        write_bundle(folder / "review.mrb", text, files)
+        written: dict[str, Any] = {
+            "slicer_bundle": "review.mrb",
+            "slicer_scene": "scene.mrml",
+            "slicer_script": "load_in_slicer.py",
+            "colour_tables": sorted(tables),
+        }
+        if not single_file:
+            written["image_copy"] = "image.nrrd"
+        return written
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def _palette(value: int) -> tuple[float, float, float]:
+    import matplotlib
+
+    r, g, b, _ = matplotlib.colormaps["tab10"]((value - 1) % 10)
+    return (round(r, 4), round(g, 4), round(b, 4))
