@@ -19,6 +19,7 @@ from medcam.metrics import (
     resolve_baseline,
     trapezoid_auc,
 )
+from medcam.metrics.perturbation import saliency_rank
 from medcam.metrics.scoring import scoring
 
 
@@ -223,6 +224,16 @@ def test_gaussian_blur_keeps_constants_and_smooths_in_3d() -> None:
     assert out.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert out[0, 0, 4, 4, 4] < 0.1 and out[0, 0, 4, 4, 5] > 0
     assert torch.allclose(out, out.flip(-1))
+
+
+def test_ties_are_removed_in_seeded_random_order() -> None:
+    flat = torch.zeros(6, 6)
+    a = saliency_rank(flat, torch.Generator().manual_seed(0))
+    b = saliency_rank(flat, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and sorted(a.tolist()) == list(range(36))
+    assert not torch.equal(a, torch.arange(36))  # not raster order
+    ramp = torch.arange(36.0).view(6, 6)
+    assert torch.equal(saliency_rank(ramp, torch.Generator()), torch.arange(35, -1, -1))
 
 
 def test_baselines() -> None:

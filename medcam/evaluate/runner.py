@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from medcam.api import explain
@@ -142,19 +141,18 @@ def run_evaluation(
     done = store.open()
     mine = [i for i in range(len(samples)) if shard.owns(i)]
     seen: set[str] = set()
-    with torch.inference_mode(False):
-        for count, index in enumerate(mine, 1):
-            sample = samples[index]
-            if sample.id in seen:
-                raise UserError(f"sample id {sample.id!r} appears twice; sample ids must be unique")
-            seen.add(sample.id)
-            for spec in settings.methods:
-                if (sample.id, spec.key) in done:
-                    continue
-                row, curves = _score(model, sample, spec, settings, output)
-                store.append(row, curves)
-            if progress is not None:
-                progress(count, len(mine), sample.id)
+    for count, index in enumerate(mine, 1):
+        sample = samples[index]
+        if sample.id in seen:
+            raise UserError(f"sample id {sample.id!r} appears twice; sample ids must be unique")
+        seen.add(sample.id)
+        for spec in settings.methods:
+            if (sample.id, spec.key) in done:
+                continue
+            row, curves = _score(model, sample, spec, settings, output)
+            store.append(row, curves)
+        if progress is not None:
+            progress(count, len(mine), sample.id)
     store.finish()
     if shard.world == 1 and report:
         write_report(folder, settings, title)
