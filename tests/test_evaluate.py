@@ -21,6 +21,7 @@ from medcam.evaluate import (
     read_results,
     run_evaluation,
     wilson_interval,
+    write_report,
 )
 
 SETTINGS = {
@@ -187,6 +188,24 @@ class Splitter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
+
+
+def test_sanity_columns_follow_the_cascade(tmp_path: Path) -> None:
+    settings = EvaluationSettings.from_mapping(
+        {"methods": ["gradcam"], "metrics": ["sanity"], "sanity": {"groups": 2}, "seed": 3}
+    )
+    model, samples = classifier(), synthetic_set(1)
+    run_evaluation(model, samples, settings, tmp_path, report=False)
+    (row,) = read_results(tmp_path)
+    expected = medcam.metrics.cascading_randomisation(
+        model, samples[0].image[None], "gradcam", 1, "auto", groups=2, seed=3
+    )
+    (alias,) = expected.spearman
+    assert float(row["sanity_spearman"]) == pytest.approx(float(expected.spearman[alias][-1, 0]), rel=1e-6)
+    assert float(row["sanity_ssim"]) == pytest.approx(float(expected.ssim[alias][-1, 0]), rel=1e-6)
+    assert float(row["sanity_spearman_mean"]) == pytest.approx(float(expected.spearman[alias].mean()), rel=1e-6)
+    write_report(tmp_path, settings)
+    assert "Sanity: similarity" in (tmp_path / "summary.md").read_text()
 
 
 def test_segmentation_samples_with_an_empty_pixel_set_are_skipped_and_reported(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from medcam.evaluate.settings import (
     FaithfulnessSettings,
     LocalisationSettings,
     MethodSpec,
+    SanitySettings,
 )
 from medcam.evaluate.summary import mean_interval, summary_markdown, wilson_interval
 
@@ -25,6 +26,7 @@ __all__ = [
     "LocalisationSettings",
     "MethodSpec",
     "Sample",
+    "SanitySettings",
     "Shard",
     "finalize",
     "mean_interval",

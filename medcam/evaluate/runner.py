@@ -29,6 +29,7 @@ from medcam.evaluate.settings import EvaluationSettings, MethodSpec
 from medcam.evaluate.summary import summary_markdown
 from medcam.metrics.faithfulness import average_drop_increase, deletion_insertion
 from medcam.metrics.localisation import box_localisation, dice, energy_inside, pointing_game
+from medcam.metrics.sanity import cascading_randomisation
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,25 @@ def _score(
             pointing_game=float(pointing_game(maps, truth, tolerance=loc.tolerance)[0]),
             energy_inside=float(energy_inside(maps, truth)[0]),
             dice=float(dice(maps, truth, loc.threshold)[0]),
+        )
+    if "sanity" in settings.metrics:
+        check = cascading_randomisation(
+            model,
+            x,
+            spec.name,
+            target,
+            dict(exp.layers),
+            groups=settings.sanity.groups,
+            mode=settings.sanity.mode,
+            seed=settings.seed,
+            output=output,
+            **dict(spec.options),
+        )
+        (alias,) = exp.maps
+        row.update(
+            sanity_spearman=float(check.spearman[alias][-1, 0]),
+            sanity_ssim=float(check.ssim[alias][-1, 0]),
+            sanity_spearman_mean=float(check.spearman[alias][:, 0].mean()),
         )
     row["status"] = "ok"
     return row, curves

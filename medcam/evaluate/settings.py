@@ -16,12 +16,14 @@ from typing import Any
 from medcam.errors import UserError
 from medcam.methods.registry import METHODS, list_methods
 from medcam.metrics.localisation import Connectivity
+from medcam.metrics.sanity import RandomisationMode
 
 # metric name -> the per-sample columns it writes to results.csv
 METRICS: dict[str, tuple[str, ...]] = {
     "average_drop": ("score", "masked_score", "drop", "increase"),
     "deletion_insertion": ("deletion_auc", "insertion_auc", "overall"),
     "localisation": ("box_iou", "pointing_game", "energy_inside", "dice"),
+    "sanity": ("sanity_spearman", "sanity_ssim", "sanity_spearman_mean"),
 }
 DEFAULT_METRICS = ("average_drop", "deletion_insertion", "localisation")
 
@@ -113,6 +115,20 @@ class LocalisationSettings:
 
 
 @dataclass(frozen=True)
+class SanitySettings:
+    """Options of the cascading randomisation check (see medcam.metrics.sanity)."""
+
+    groups: int | None = 5
+    mode: RandomisationMode = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.groups is not None and self.groups < 1:
+            raise UserError(f"sanity groups must be at least 1 (or null: one step per module), got {self.groups}")
+        if self.mode not in ("gaussian", "reset"):
+            raise UserError(f"sanity mode must be 'gaussian' or 'reset', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     """Methods x metrics to run on every sample, and the metrics' options."""
 
@@ -120,6 +136,7 @@ class EvaluationSettings:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     faithfulness: FaithfulnessSettings = field(default_factory=FaithfulnessSettings)
     localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
+    sanity: SanitySettings = field(default_factory=SanitySettings)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -159,6 +176,7 @@ class EvaluationSettings:
             metrics=tuple(metrics),
             faithfulness=_build(FaithfulnessSettings, data.get("faithfulness"), "faithfulness"),
             localisation=_build(LocalisationSettings, data.get("localisation"), "localisation"),
+            sanity=_build(SanitySettings, data.get("sanity"), "sanity"),
             seed=int(data.get("seed", 0)),
         )
 

@@ -42,6 +42,9 @@ COLUMNS = {
         Column("pointing_game", "Pointing game (%)", "higher", scale=100.0, proportion=True),
         Column("energy_inside", "Energy inside", "higher"),
         Column("dice", "Dice", "higher"),
+        Column("sanity_spearman", "Spearman, all randomised", "lower"),
+        Column("sanity_ssim", "SSIM, all randomised", "lower"),
+        Column("sanity_spearman_mean", "Spearman, mean over steps", "lower"),
         Column("seconds", "Seconds per sample", "lower"),
     )
 }
@@ -49,6 +52,10 @@ TABLES = {
     "average_drop": ("Average Drop / Increase (Fusion-CAM Table 1)", ("drop", "increase")),
     "deletion_insertion": ("Deletion / insertion (Fusion-CAM Table 2)", ("deletion_auc", "insertion_auc", "overall")),
     "localisation": ("Localisation", ("box_iou", "pointing_game", "energy_inside", "dice")),
+    "sanity": (
+        "Sanity: similarity to the original map under cascading randomisation (Adebayo 2018)",
+        ("sanity_spearman", "sanity_ssim", "sanity_spearman_mean"),
+    ),
 }
 
 
