@@ -159,8 +159,9 @@ def describe(results: list[tuple[Job, dict[str, Any]]]) -> dict[str, Any]:
 
 # known causes, each checked by hand (benchmarks/RESULTS.md says how)
 NOTES = {
-    ("monai", "WRONG: map inverted"): "MONAI's default postprocessing maps the maximum to 0",
-    ("pytorch-grad-cam", "differs"): "3D maps resized by scipy zoom: cubic spline, corners aligned",
+    ("monai", "WRONG: map inverted", "classification"): "MONAI's default postprocessing maps the maximum to 0",
+    ("monai", "WRONG: map inverted", "segmentation"): "MONAI's default postprocessing maps the maximum to 0",
+    ("pytorch-grad-cam", "differs", "segmentation"): "3D maps resized by scipy zoom: cubic spline, corners aligned",
 }
 
 
@@ -174,14 +175,16 @@ def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
     ]
     for job, r in rows:
         if r.get("status") != "ok":
-            status = {"oom": "FAILED: out of memory", "timeout": "FAILED: timeout", "skipped": "skipped"}.get(
-                r.get("status", ""), "FAILED"
-            )
+            status = {
+                "oom": "FAILED: out of memory",
+                "timeout": "NOT MEASURED: over the --timeout limit",
+                "skipped": "skipped",
+            }.get(r.get("status", ""), "FAILED")
             lines.append(f"| {job.library} | {job.method} | - | - | - | - | - | - | {status}: {r.get('error', '')} |")
             continue
         corr = r.get("r")
         state = "reference" if job.library == "medcam" else verdict(corr)
-        note = NOTES.get((job.library, state))
+        note = NOTES.get((job.library, state, info.kind))
         if note:
             state += f" ({note})"
         if r.get("cold_only"):
@@ -198,6 +201,26 @@ def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def report(record: dict[str, Any]) -> str:
+    """The markdown tables of one run's JSON record."""
+    args, load = record["args"], record["load"]
+    results = [(Job(r["case"], r["library"], r["method"]), r) for r in record["results"]]
+    cases = record.get("cases") or list(dict.fromkeys(r["case"] for r in record["results"]))
+    lines = [
+        f"#### `{record['command']}` ({record.get('date', 'date not recorded')})",
+        "",
+        f"{record.get('cpu', 'CPU not recorded')}, torch threads {args['threads']}, "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+        f"median of {args['repeats']} calls after one warm-up; peak MB = resident memory the first call adds; "
+        "r = Pearson correlation of the map with medcam's map of the same method.",
+    ]
+    if record.get("peer_env"):
+        lines.append(f"M3d-CAM {record['peer_env']['medcam_version']} imported from its own environment.")
+    for case in cases:
+        lines += ["", table(case, [(j, r) for j, r in results if j.case == case])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-18 and UNet 64^3 only, no Score-CAM, 2 repeats")
@@ -209,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libraries", default=",".join(PEERS), help="comma-separated peers")
     parser.add_argument("--no-m3dcam", action="store_true", help="do not build M3d-CAM's separate environment")
     parser.add_argument("--out", default=str(HERE / "out"), help="folder for maps and the JSON results")
+    parser.add_argument("--render", default=None, help="print the tables of a saved JSON record and exit")
     args, unknown = parser.parse_known_args(argv)
+    if args.render:
+        print(report(json.loads(Path(args.render).read_text())))
+        return 0
     if unknown:
         print(f"bench_peers: ignoring options {unknown}", file=sys.stderr)
     if args.repeats is None:
@@ -240,28 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{index}/{len(jobs)}] {job.case} {job.library} {job.method}", file=sys.stderr, flush=True)
         results.append((job, run_job(job, args, maps, peer_python)))
     describe(results)
-
-    load = os.getloadavg()
-    print(f"## Peers: {'quick' if args.quick else 'full'} run, {time.strftime('%Y-%m-%d %H:%M')}")
-    print()
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, "
-        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
-        f"median of {args.repeats} calls after one warm-up; peak MB = resident memory the first call adds."
-    )
-    if peer_info:
-        print(f"M3d-CAM {peer_info['medcam_version']} imported from {peer_info['medcam']}")
-    for case in cases:
-        print()
-        print(table(case, [(j, r) for j, r in results if j.case == case]))
     record = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python benchmarks/bench_peers.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "args": vars(args),
-        "load": load,
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load": os.getloadavg(),
         "peer_env": peer_info,
+        "cases": cases,
         "results": [{"case": j.case, "library": j.library, "method": j.method, **r} for j, r in results],
     }
     (out / f"peers-{stamp}.json").write_text(json.dumps(record, indent=2))
+    print(report(record))
     failed_ours = [j for j, r in results if j.library == "medcam" and r.get("status") != "ok"]
     return 1 if failed_ours else 0
 
