@@ -129,7 +129,7 @@ def correlation(a: Path, b: Path) -> float:
 
 def verdict(r: float | None) -> str:
     if r is None:
-        return "ok (no medcam map to compare)"
+        return "ran; not compared (no medcam map of this method)"
     if np.isnan(r):
         return "WRONG: blank or mis-shaped map"
     if r >= AGREE:
