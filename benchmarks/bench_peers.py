@@ -152,6 +152,8 @@ def describe(results: list[tuple[Job, dict[str, Any]]]) -> dict[str, Any]:
             result["r"] = None if job.library != "medcam" else 1.0
             continue
         result["time_ratio"] = result["seconds"] / ref["seconds"]
+        if "cpu_seconds" in result and "cpu_seconds" in ref:
+            result["cpu_ratio"] = result["cpu_seconds"] / max(ref["cpu_seconds"], 1e-9)
         result["memory_ratio"] = result["peak_extra_mb"] / max(ref["peak_extra_mb"], 1e-9)
         result["r"] = correlation(Path(result["map"]), Path(ref["map"]))
     return {"results": results}
@@ -170,8 +172,9 @@ def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
     lines = [
         f"### {case}: {info.description}",
         "",
-        "| library | method | median s | runs | peak MB | time / medcam | memory / medcam | r vs medcam | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| library | method | median s | CPU s | runs | peak MB | time / medcam | CPU / medcam | memory / medcam "
+        "| r vs medcam | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for job, r in rows:
         if r.get("status") != "ok":
@@ -180,7 +183,7 @@ def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
                 "timeout": "NOT MEASURED: over the --timeout limit",
                 "skipped": "skipped",
             }.get(r.get("status", ""), "FAILED")
-            lines.append(f"| {job.library} | {job.method} | - | - | - | - | - | - | {status}: {r.get('error', '')} |")
+            lines.append(f"| {job.library} | {job.method} |" + " - |" * 8 + f" {status}: {r.get('error', '')} |")
             continue
         corr = r.get("r")
         state = "reference" if job.library == "medcam" else verdict(corr)
@@ -192,11 +195,13 @@ def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
         if not r.get("peak_exact", True):
             state += "; memory = process peak"
         ratio = f"{r['time_ratio']:.2f}x" if "time_ratio" in r else "-"
+        cpu = f"{r['cpu_seconds']:.3f}" if "cpu_seconds" in r else "-"
+        cpu_ratio = f"{r['cpu_ratio']:.2f}x" if "cpu_ratio" in r else "-"
         mem_ratio = f"{r['memory_ratio']:.2f}x" if "memory_ratio" in r else "-"
         corr_text = "-" if corr is None or job.library == "medcam" else f"{corr:.3f}"
         lines.append(
-            f"| {job.library} | {job.method} | {r['seconds']:.3f} | {r['runs']} | {r['peak_extra_mb']:.0f} | "
-            f"{ratio} | {mem_ratio} | {corr_text} | {state} |"
+            f"| {job.library} | {job.method} | {r['seconds']:.3f} | {cpu} | {r['runs']} | {r['peak_extra_mb']:.0f} | "
+            f"{ratio} | {cpu_ratio} | {mem_ratio} | {corr_text} | {state} |"
         )
     return "\n".join(lines)
 
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a measurement is abandoned")
     parser.add_argument("--cases", default=None, help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--libraries", default=",".join(PEERS), help="comma-separated peers")
+    parser.add_argument("--methods", default="gradcam,hirescam,scorecam", help="comma-separated methods to time")
     parser.add_argument("--no-m3dcam", action="store_true", help="do not build M3d-CAM's separate environment")
     parser.add_argument("--out", default=str(HERE / "out"), help="folder for maps and the JSON results")
     parser.add_argument("--render", default=None, help="print the tables of a saved JSON record and exit")
@@ -261,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     maps = out / f"peers-{stamp}-maps"
     maps.mkdir(parents=True, exist_ok=True)
-    jobs = plan(cases, libraries, args.quick)
+    methods = set(args.methods.split(","))
+    jobs = [job for job in plan(cases, libraries, args.quick) if job.method in methods]
     results = []
     for index, job in enumerate(jobs, 1):
         print(f"[{index}/{len(jobs)}] {job.case} {job.library} {job.method}", file=sys.stderr, flush=True)
