@@ -170,7 +170,7 @@ NOTES = {
 def table(case: str, rows: list[tuple[Job, dict[str, Any]]]) -> str:
     info = CASES[case]
     lines = [
-        f"### {case}: {info.description}",
+        f"**{case}**: {info.description}",
         "",
         "| library | method | median s | CPU s | runs | peak MB | time / medcam | CPU / medcam | memory / medcam "
         "| r vs medcam | status |",
