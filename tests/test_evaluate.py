@@ -84,6 +84,8 @@ def test_intervals_by_hand() -> None:
     assert (e.mean, e.low, e.high) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
     w = wilson_interval(5, 10)
     assert (w.mean, w.low, w.high) == pytest.approx((0.5, 0.2366, 0.7634), abs=1e-4)
+    none = wilson_interval(0, 7)
+    assert none.low == 0.0 and none.mean == 0.0 and 0.3 < none.high < 0.45  # 0.3543 by hand
     assert mean_interval([4.0]).low is None
 
 

@@ -72,8 +72,9 @@ def plot_metrics(rows: Sequence[dict[str, str]], methods: Sequence[str], metrics
         column = COLUMNS[name]
         found = [estimate([r for r in ok if r["method"] == m], column) for m in methods]
         means = [0.0 if math.isnan(e.mean) else e.mean for e in found]
-        low = [0.0 if e.low is None else e.mean - e.low for e in found]
-        high = [0.0 if e.high is None else e.high - e.mean for e in found]
+        # Wilson intervals are not centred on the mean; rounding can put a bound a hair past it
+        low = [0.0 if e.low is None else max(0.0, e.mean - e.low) for e in found]
+        high = [0.0 if e.high is None else max(0.0, e.high - e.mean) for e in found]
         ax.bar(range(len(methods)), means, yerr=[low, high], capsize=3, color="tab:blue", alpha=0.8)
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize="small")
         ax.set_title(f"{column.heading} {'↓' if column.better == 'lower' else '↑'}", fontsize="small")

@@ -88,7 +88,7 @@ def wilson_interval(successes: int, n: int) -> Estimate:
     denominator = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / denominator
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
-    return Estimate(p, centre - half, centre + half, n)
+    return Estimate(p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)), n)
 
 
 def estimate(rows: Sequence[dict[str, str]], column: Column) -> Estimate:
