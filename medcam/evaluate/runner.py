@@ -1,0 +1,200 @@
+"""Run every method on every sample, score it with every metric, and report.
+
+:func:`run_evaluation` is the engine behind ``medcam evaluate``: for each sample of
+this process's shard and each method it explains the sample (one layer per method
+entry), scores the map with the chosen metrics on the explanation's own bound
+target (same class, same pixel set M), and appends a row to results.csv. A rerun
+into the same folder resumes. :func:`write_report` turns results.csv into
+summary.md and the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from medcam.api import explain
+from medcam.core.hooks import OutputSelector
+from medcam.core.targets import Target, TargetError
+from medcam.errors import UserError
+from medcam.evaluate.plots import plot_curves, plot_metrics
+from medcam.evaluate.results import ResultStore, Shard, merge_shards, read_curves, read_results, write_atomic
+from medcam.evaluate.settings import EvaluationSettings, MethodSpec
+from medcam.evaluate.summary import summary_markdown
+from medcam.metrics.faithfulness import average_drop_increase, deletion_insertion
+from medcam.metrics.localisation import box_localisation, dice, energy_inside, pointing_game
+from medcam.metrics.sanity import cascading_randomisation
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation sample: ``image`` ``(C, *spatial)`` in the model's input space.
+
+    ``target``: what to explain (a class index, a ClassTarget / SegmentationTarget,
+    or ``None`` for a classifier's predicted class). ``truth``: an optional boolean
+    ground-truth mask ``(*spatial)`` on the input grid for the localisation metrics.
+    """
+
+    id: str
+    image: Tensor
+    target: Target | int | None = None
+    truth: Tensor | None = None
+
+
+def _score(
+    model: nn.Module,
+    sample: Sample,
+    spec: MethodSpec,
+    settings: EvaluationSettings,
+    output: OutputSelector,
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    row: dict[str, Any] = {"sample": sample.id, "method": spec.key}
+    x = sample.image.unsqueeze(0)
+    try:
+        started = time.perf_counter()
+        exp = explain(model, x, spec.name, sample.target, spec.layers, output=output, **dict(spec.options))
+        row["seconds"] = time.perf_counter() - started
+    except TargetError as err:  # e.g. an empty pixel set for this sample: record and go on
+        log.warning("sample %s, %s: skipped (%s)", sample.id, spec.key, err)
+        row["status"] = f"skipped: {err}"
+        return row, {}
+    if len(exp.maps) != 1:
+        raise UserError(f"method {spec.key!r} explains {len(exp.maps)} layers; give one layer per method entry")
+    maps, target = exp.map, exp.target
+    faith = settings.faithfulness
+    curves: dict[str, list[float]] = {}
+    if "average_drop" in settings.metrics:
+        di = average_drop_increase(
+            model, x, maps, target, baseline=faith.masking_baseline, batch_size=faith.batch_size, output=output
+        )
+        row.update(
+            score=float(di.original[0]),
+            masked_score=float(di.masked[0]),
+            drop=float(di.drop[0]),
+            increase=bool(di.increase[0]),
+        )
+    if "deletion_insertion" in settings.metrics:
+        both = deletion_insertion(
+            model,
+            x,
+            maps,
+            target,
+            steps=faith.steps,
+            deletion_baseline=faith.deletion_baseline,
+            insertion_start=faith.insertion_start,
+            blur_sigma=faith.blur_sigma,
+            batch_size=faith.batch_size,
+            seed=settings.seed,
+            output=output,
+        )
+        row.update(
+            deletion_auc=float(both.deletion.auc[0]),
+            insertion_auc=float(both.insertion.auc[0]),
+            overall=float(both.overall[0]),
+        )
+        curves = {"deletion": both.deletion.scores[0].tolist(), "insertion": both.insertion.scores[0].tolist()}
+    if "localisation" in settings.metrics and sample.truth is not None and bool(sample.truth.any()):
+        loc = settings.localisation
+        truth = sample.truth.to(maps.device).bool()
+        row.update(
+            box_iou=float(box_localisation(maps, truth, loc.threshold, connectivity=loc.connectivity)[0]),
+            pointing_game=float(pointing_game(maps, truth, tolerance=loc.tolerance)[0]),
+            energy_inside=float(energy_inside(maps, truth)[0]),
+            dice=float(dice(maps, truth, loc.threshold)[0]),
+        )
+    if "sanity" in settings.metrics:
+        check = cascading_randomisation(
+            model,
+            x,
+            spec.name,
+            target,
+            dict(exp.layers),
+            groups=settings.sanity.groups,
+            mode=settings.sanity.mode,
+            seed=settings.seed,
+            output=output,
+            **dict(spec.options),
+        )
+        (alias,) = exp.maps
+        row.update(
+            sanity_spearman=float(check.spearman[alias][-1, 0]),
+            sanity_ssim=float(check.ssim[alias][-1, 0]),
+            sanity_spearman_mean=float(check.spearman[alias][:, 0].mean()),
+        )
+    row["status"] = "ok"
+    return row, curves
+
+
+def run_evaluation(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    settings: EvaluationSettings,
+    folder: str | Path,
+    *,
+    shard: Shard | None = None,
+    output: OutputSelector = None,
+    progress: Progress | None = None,
+    title: str = "Evaluation",
+    report: bool = True,
+) -> Path:
+    """Evaluate ``settings.methods`` x ``settings.metrics`` on this shard's ``samples`` into ``folder``.
+
+    ``samples`` may be a lazy sequence: only this shard's items are indexed.
+    Completed (sample, method) pairs in ``folder`` are skipped (resume). With one
+    shard the report is written at the end (unless ``report=False``); with several,
+    call :func:`finalize` once every shard has finished. ``progress(done, total, sample_id)`` is called
+    after each sample. Returns ``folder``.
+    """
+    shard = shard or Shard()
+    folder = Path(folder)
+    store = ResultStore(folder, settings, shard)
+    done = store.open()
+    mine = [i for i in range(len(samples)) if shard.owns(i)]
+    seen: set[str] = set()
+    for count, index in enumerate(mine, 1):
+        sample = samples[index]
+        if sample.id in seen:
+            raise UserError(f"sample id {sample.id!r} appears twice; sample ids must be unique")
+        seen.add(sample.id)
+        for spec in settings.methods:
+            if (sample.id, spec.key) in done:
+                continue
+            row, curves = _score(model, sample, spec, settings, output)
+            store.append(row, curves)
+        if progress is not None:
+            progress(count, len(mine), sample.id)
+    store.finish()
+    if shard.world == 1 and report:
+        write_report(folder, settings, title)
+    return folder
+
+
+def finalize(folder: str | Path, settings: EvaluationSettings, world: int, title: str = "Evaluation") -> Path:
+    """Merge the shards of a distributed run and write its report."""
+    merge_shards(Path(folder), settings, world)
+    return write_report(folder, settings, title)
+
+
+def write_report(folder: str | Path, settings: EvaluationSettings, title: str = "Evaluation") -> Path:
+    """summary.md, metrics.png and (with deletion / insertion) curves.png from results.csv."""
+    folder = Path(folder)
+    rows = read_results(folder)
+    summary = folder / "summary.md"
+    write_atomic(summary, summary_markdown(rows, settings, title))
+    methods = [m.key for m in settings.methods]
+    plot_metrics(rows, methods, settings.metrics, folder / "metrics.png")
+    if "deletion_insertion" in settings.metrics:
+        fractions, curves = read_curves(folder)
+        if curves:
+            plot_curves(fractions, curves, methods, folder / "curves.png")
+    return summary

@@ -1,0 +1,127 @@
+"""How alike two maps are: rank correlation, structural similarity, top-k overlap.
+
+Each function compares maps ``a`` and ``b`` of shape ``(N, *spatial)`` sample by
+sample and returns ``(N,)`` float64 values; 1, 2 and 3 spatial dimensions alike.
+Undefined correlations (a constant map) count as 0, as the RobustCAM stability
+metrics do, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medcam.errors import UserError
+
+
+def _pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    if a.shape != b.shape:
+        raise UserError(f"maps to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.ndim < 2:
+        raise UserError(f"maps must be shaped (N, *spatial), got {tuple(a.shape)}")
+    return a.detach().double().flatten(1), b.detach().to(a.device).double().flatten(1)
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..P of each row of ``(N, P)``; tied values share their average rank."""
+    n, p = values.shape
+    ordered, order = values.sort(dim=1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = starts.long().cumsum(dim=1) - 1 + torch.arange(n, device=values.device).unsqueeze(1) * p
+    position = torch.arange(1, p + 1, device=values.device, dtype=torch.float64).expand(n, p)
+    flat = group.flatten()
+    sums = torch.zeros(n * p, dtype=torch.float64, device=values.device).index_add_(0, flat, position.flatten())
+    counts = torch.zeros(n * p, dtype=torch.float64, device=values.device).index_add_(
+        0, flat, torch.ones_like(position).flatten()
+    )
+    mean_rank = (sums / counts.clamp_min(1))[group]
+    ranks = torch.empty_like(mean_rank)
+    ranks.scatter_(1, order, mean_rank)
+    return ranks
+
+
+def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    norm = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norm > 0, (a * b).sum(dim=1) / norm.clamp_min(1e-300), torch.zeros_like(norm))
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation per sample; 0 when either map is constant."""
+    return _pearson_rows(*_pair(a, b)).cpu()
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per sample (ties share average ranks); 0 when either map is constant."""
+    a, b = _pair(a, b)
+    return _pearson_rows(average_ranks(a), average_ranks(b)).cpu()
+
+
+def top_k_mask(maps: Tensor, fraction: float = 0.1) -> Tensor:
+    """The ``ceil(fraction * P)`` highest pixels of each map (ties broken by position), as a mask."""
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"the top-k fraction must be in (0, 1], got {fraction}")
+    flat = maps.detach().flatten(1)
+    k = max(1, math.ceil(fraction * flat.shape[1]))
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :k]
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, order, True)
+    return mask.view_as(maps)
+
+
+def top_k_iou(a: Tensor, b: Tensor, fraction: float = 0.1) -> Tensor:
+    """IoU of the top ``fraction`` pixels of ``a`` with those of ``b``, per sample."""
+    _pair(a, b)
+    ta, tb = top_k_mask(a, fraction).flatten(1), top_k_mask(b.to(a.device), fraction).flatten(1)
+    inter = (ta & tb).sum(dim=1).double()
+    union = (ta | tb).sum(dim=1).double()
+    return (inter / union).cpu()
+
+
+def _gaussian_window(sigma: float, size: int, device: torch.device) -> Tensor:
+    offsets = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _filter(x: Tensor, kernels: list[Tensor]) -> Tensor:
+    """Separable 'valid' filtering of ``(N, 1, *spatial)`` with one 1-D kernel per axis."""
+    rank = x.ndim - 2
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
+    for axis, kernel in enumerate(kernels):
+        shape = [1] * rank
+        shape[axis] = kernel.numel()
+        x = conv(x, kernel.view(1, 1, *shape))
+    return x
+
+
+def ssim(a: Tensor, b: Tensor, *, data_range: float = 1.0, sigma: float = 1.5, window: int = 11) -> Tensor:
+    """Mean structural similarity per sample (Wang et al. 2004), in 1, 2 or 3 D.
+
+    Gaussian window (``sigma`` 1.5, ``window`` 11 pixels, shrunk to odd sizes that fit
+    small maps), ``K1 = 0.01``, ``K2 = 0.03``, averaged over the positions where the
+    window fits entirely ("valid"). Maps normalised to [0, 1] use ``data_range=1``.
+    """
+    if a.shape != b.shape:
+        raise UserError(f"maps to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    rank = a.ndim - 1
+    if not 1 <= rank <= 3:
+        raise UserError(f"SSIM needs maps with 1, 2 or 3 spatial dimensions, got shape {tuple(a.shape)}")
+    x = a.detach().double().unsqueeze(1)
+    y = b.detach().to(a.device).double().unsqueeze(1)
+    kernels = []
+    for side in a.shape[1:]:
+        size = min(window, side if side % 2 else side - 1)
+        kernels.append(_gaussian_window(sigma, max(size, 1), x.device))
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = _filter(x, kernels), _filter(y, kernels)
+    var_x = _filter(x * x, kernels) - mu_x**2
+    var_y = _filter(y * y, kernels) - mu_y**2
+    cov = _filter(x * y, kernels) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return index.flatten(1).mean(dim=1).cpu()
