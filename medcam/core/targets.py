@@ -26,6 +26,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -191,21 +192,46 @@ class ClassTarget(Target):
 # Pixel sets
 
 
-@dataclass(frozen=True)
 class ClassMaps:
     """What a pixel set may look at: the explained class on the output grid.
 
     ``probability``: its probability ``(N, *spatial)``; ``predicted``: where the model
-    predicts it (softmax: argmax in the class or region; sigmoid: p > 0.5).
+    predicts it (softmax: argmax in the class or region; sigmoid: p > 0.5). Both are
+    computed on first use only: a given mask, box or voxel needs neither, and on a
+    large 3D output they cost more than the explanation's own score.
     """
 
-    probability: Tensor
-    predicted: Tensor
-    name: str
+    def __init__(self, output: Tensor, target: BoundTarget, channels: tuple[int, ...], name: str) -> None:
+        self.output = output
+        self.target = target
+        self.channels = channels
+        self.name = name
 
     @property
     def spatial(self) -> tuple[int, ...]:
-        return tuple(self.probability.shape[1:])
+        return tuple(self.output.shape[2:])
+
+    @property
+    def batch(self) -> int:
+        return self.output.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.device
+
+    def empty(self) -> Tensor:
+        """An all-False mask ``(N, *spatial)``."""
+        return torch.zeros((self.batch, *self.spatial), dtype=torch.bool, device=self.device)
+
+    @cached_property
+    def probability(self) -> Tensor:
+        return self.target.probability_map(self.output)
+
+    @cached_property
+    def predicted(self) -> Tensor:
+        if self.target.activation == "sigmoid":
+            return self.probability > 0.5
+        return torch.isin(self.output.argmax(dim=1), torch.tensor(self.channels, device=self.device))
 
 
 class PixelSet(ABC):
@@ -253,7 +279,7 @@ class WholeImage(PixelSet):
     """Every output pixel."""
 
     def mask(self, maps: ClassMaps) -> Tensor:
-        return torch.ones_like(maps.predicted)
+        return ~maps.empty()
 
     def describe(self) -> str:
         return "image"
@@ -267,8 +293,8 @@ class Mask(PixelSet):
     label: str = "mask"
 
     def mask(self, maps: ClassMaps) -> Tensor:
-        spatial, batch = maps.spatial, maps.predicted.shape[0]
-        values = self.values.to(device=maps.predicted.device).bool()
+        spatial, batch = maps.spatial, maps.batch
+        values = self.values.to(device=maps.device).bool()
         if values.ndim == len(spatial):
             values = values.unsqueeze(0).expand(batch, *spatial)
         if tuple(values.shape) != (batch, *spatial):
@@ -301,7 +327,7 @@ class Box(PixelSet):
             raise TargetError(f"the box has {len(self.start)} coordinates, the output has {len(spatial)} axes")
         if any(a < 0 or b > s for a, b, s in zip(self.start, self.stop, spatial, strict=True)):
             raise TargetError(f"the box {self.start}..{self.stop} lies outside the output grid {spatial}")
-        out = torch.zeros_like(maps.predicted)
+        out = maps.empty()
         region = (slice(None), *tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True)))
         out[region] = True
         return out
@@ -355,7 +381,7 @@ class Component(PixelSet):
             # stable order: larger first, then lower label id
             order = np.lexsort((np.arange(count), -sizes))
             out[n] = labels == order[self.rank - 1] + 1
-        return torch.from_numpy(out).to(maps.predicted.device)
+        return torch.from_numpy(out).to(maps.device)
 
     def describe(self) -> str:
         return f"component:{self.rank}"
@@ -440,13 +466,7 @@ class SegmentationTarget(Target):
         name = f"class {self.index}" if self.region is None else f"classes {list(self.region)}"
         unbound = BoundTarget(classes, self.activation, None, name, self.region)
         with torch.no_grad():
-            detached = output.detach()
-            probability = unbound.probability_map(detached)
-            if self.activation == "sigmoid":
-                predicted = probability > 0.5
-            else:
-                predicted = torch.isin(detached.argmax(dim=1), torch.tensor(channels, device=output.device))
-            mask = self.pixel_set.mask(ClassMaps(probability, predicted, name))
+            mask = self.pixel_set.mask(ClassMaps(output.detach(), unbound, channels, name))
         empty = (mask.flatten(1).sum(dim=1) == 0).nonzero().flatten().tolist()
         if empty:
             raise TargetError(
