@@ -136,6 +136,30 @@ def test_rotation_fill_min_uses_the_sample_minimum():
     assert torch.allclose(turned[:, 0, 0, 0], minimum, atol=1e-3)
 
 
+def test_3d_default_rotations_fill_with_air_not_water():
+    """A CT in HU: 0 is water, so a zero fill would paint soft tissue into the corners; the minimum is air."""
+    ct = torch.full((1, 1, 24, 24, 6), 40.0)  # soft tissue filling the field of view
+    ct[..., 0] = -1000.0  # some air
+    rotation = default_views(3, 1)[2]
+    assert rotation == Rotation(10.0, (0, 1), "min")
+    turned = rotation.apply(ct)
+    assert float(turned[0, 0, 0, 0, 3]) == pytest.approx(-1000.0)  # a corner the rotation uncovered
+    assert float(Rotation(10.0).apply(ct)[0, 0, 0, 0, 3]) == pytest.approx(0.0)
+    # windowed to [0, 1] with air in the volume (as a KiTS checkpoint sees it): the minimum is 0 anyway
+    windowed = ((ct + 200.0) / 500.0).clamp(0, 1)
+    torch.testing.assert_close(rotation.apply(windowed), Rotation(10.0).apply(windowed))
+
+
+def test_warp_field_picks_the_voxels_of_warp_mask():
+    values = torch.rand(2, 3, 12, 10, 8, generator=torch.Generator().manual_seed(5))
+    values[values < 0.6] = 0.0
+    mask = values.sum(dim=1) > 0
+    for view in (Rotation(17.0, (0, 2)), Rotation(-8.0, (1, 2)), Flip(1), Identity(), GaussianBlur(1.0)):
+        moved = view.warp_field(values)
+        assert torch.equal(moved.sum(dim=1) > 0, view.warp_mask(mask)), view
+        assert set(moved.unique().tolist()) <= set(values.unique().tolist())  # nearest: no blends
+
+
 def test_rotation_needs_a_plane():
     with pytest.raises(ViewError, match="at least 2 spatial axes"):
         Rotation(10.0).check(torch.zeros(1, 1, 8))
