@@ -21,8 +21,10 @@ ReLU and normalisation come after stitching, so the order is channel sum -> upsa
 (per window) -> sum over windows -> ReLU -> normalise. With one window covering the
 volume the raw map equals ``medcam.explain(..., relu=False, normalize=None)``.
 
-Methods that are not decomposable this way (region, fusion and augmentation methods
-score whole inputs) run once on the whole padded volume when it fits in one window,
+RobustCAM runs its augmentation views per window and stitches the per-window fused
+maps, uncertainties and valid-view counts (:mod:`medcam.robust_windows`). Other
+methods that are not decomposable this way (region and fusion methods score whole
+inputs) run once on the whole padded volume when it fits in one window,
 and otherwise stop with an error that says so. A method states its kind with the
 class attribute ``window_decomposable``; without it, a :class:`GradientMethod` that
 keeps the standard ``run`` (one capture, then ``combine``) is decomposable.
@@ -45,6 +47,7 @@ from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, GradientMethod, PostProcessing
+from medcam.methods.robust import RobustCAM
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +248,12 @@ def sliding_window_cam(
     combine = window_combine(method)
     with evaluation_mode(model):
         probe = Probe(model, output)
+        if isinstance(method, RobustCAM):  # its views run per window (medcam.robust_windows)
+            from medcam.robust_windows import robust_sliding_window_cam
+
+            return robust_sliding_window_cam(
+                probe, x, method, bound, layers, layout, window, post, prediction, progress
+            )
         if combine is None:
             return _whole_volume(probe, x, method, bound, layers, layout, post, prediction)
         return _windows(probe, x, combine, bound, layers, layout, window, post, prediction, progress)

@@ -46,8 +46,8 @@ from medcam.core.targets import (
 )
 from medcam.errors import UserError
 from medcam.inference import SlidingWindow, predict, sliding_window_cam
-from medcam.methods.base import PostProcessing
-from medcam.methods.registry import create_method
+from medcam.methods.base import CAMMethod, PostProcessing
+from medcam.methods.registry import create_method, method_parameters
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle, load_checkpoint
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
@@ -482,6 +482,8 @@ def _explain_volume(
     lap("load_model")
     grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
     x = grid.image
+    grid_codes = axis_codes(grid.affine, meta.spatial_dims)
+    cam = method_for_grid(method, method_options, orientation=grid_codes, seed=seed)
     lap("preprocess")
     segmentation = meta.task == "segmentation"
     if segmentation:
@@ -541,7 +543,7 @@ def _explain_volume(
             "options": _jsonable(cam.options()),
             "relu": relu,
             "normalize": normalize,
-            "stats": _jsonable(method_stats),
+            "stats": _jsonable(readable_stats(cam, method_stats)),
         },
         "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
         "pixel_set": {
@@ -567,6 +569,7 @@ def _explain_volume(
             "regions": {k: list(v) for k, v in meta.regions.items()},
             "patch_size": list(meta.patch_size) if meta.patch_size else None,
             "model_grid": list(grid.grid),
+            "model_grid_orientation": grid_codes,
             "model_grid_affine": np.round(grid.affine, 6).tolist(),
         },
         "sliding_window": _jsonable(stats),
@@ -593,6 +596,38 @@ def _explain_volume(
         summary=summary,
         image_window=image_window,
     )
+
+
+def method_for_grid(
+    method: str | CAMMethod, options: Mapping[str, Any] | None, *, orientation: str, seed: int
+) -> CAMMethod:
+    """The method with the options that depend on the model grid filled in, unless given.
+
+    A method that accepts ``orientation`` gets the axis codes of the model grid (after
+    the checkpoint's reorientation, e.g. ``"RAS"``; the file's own, e.g. KiTS's ``"IPL"``,
+    when the model keeps it), so RobustCAM's default views flip left-right and rotate in
+    the axial plane whatever the input's storage order; one that accepts ``seed`` gets
+    the run's ``seed``.
+    """
+    if not isinstance(method, str):
+        return create_method(method)
+    given = dict(options or {})
+    accepted = method_parameters(method)
+    if "orientation" in accepted:
+        given.setdefault("orientation", orientation)
+    if "seed" in accepted:
+        given.setdefault("seed", seed)
+    return create_method(method, **given)
+
+
+def readable_stats(method: CAMMethod, stats: Mapping[str, Any]) -> Any:
+    """The method's statistics for ``summary.json``: the first sample's, readably, if the method says how.
+
+    A method may define ``sample_stats(stats, sample)`` (RobustCAM does); otherwise the
+    statistics are written as they are.
+    """
+    sample_stats = getattr(method, "sample_stats", None)
+    return sample_stats(stats, 0) if callable(sample_stats) and stats else stats
 
 
 def _renormalize(data: np.ndarray, normalize: Any) -> np.ndarray:

@@ -217,7 +217,10 @@ def test_extras_and_levels_are_written_with_the_input_geometry(tmp_path: Path, k
     expected = np.abs(np.asarray(source.dataobj)) + 1.0  # orientation only: exact inverse of a permutation
     np.testing.assert_allclose(uncertainty, expected, rtol=1e-6)
     scene = (out / "scene.mrml").read_text()
-    assert 'name="uncertainty"' in scene and "colormap_viridis.ctbl" in scene
+    assert 'name="uncertainty"' in scene and "colormap_GnBu.ctbl" in scene  # its own colour map
+    # any method returning an uncertainty gets the side-by-side preview
+    assert summary["outputs"]["preview_uncertainty"] == "preview_uncertainty.png"
+    assert (out / "preview_uncertainty.png").stat().st_size > 1000
 
 
 def test_two_dimensional_images_keep_their_pixel_grid(tmp_path: Path) -> None:

@@ -136,6 +136,30 @@ def test_rotation_fill_min_uses_the_sample_minimum():
     assert torch.allclose(turned[:, 0, 0, 0], minimum, atol=1e-3)
 
 
+def test_3d_default_rotations_fill_with_air_not_water():
+    """A CT in HU: 0 is water, so a zero fill would paint soft tissue into the corners; the minimum is air."""
+    ct = torch.full((1, 1, 24, 24, 6), 40.0)  # soft tissue filling the field of view
+    ct[..., 0] = -1000.0  # some air
+    rotation = default_views(3, 1)[2]
+    assert rotation == Rotation(10.0, (0, 1), "min")
+    turned = rotation.apply(ct)
+    assert float(turned[0, 0, 0, 0, 3]) == pytest.approx(-1000.0)  # a corner the rotation uncovered
+    assert float(Rotation(10.0).apply(ct)[0, 0, 0, 0, 3]) == pytest.approx(0.0)
+    # windowed to [0, 1] with air in the volume (as a KiTS checkpoint sees it): the minimum is 0 anyway
+    windowed = ((ct + 200.0) / 500.0).clamp(0, 1)
+    torch.testing.assert_close(rotation.apply(windowed), Rotation(10.0).apply(windowed))
+
+
+def test_warp_field_picks_the_voxels_of_warp_mask():
+    values = torch.rand(2, 3, 12, 10, 8, generator=torch.Generator().manual_seed(5))
+    values[values < 0.6] = 0.0
+    mask = values.sum(dim=1) > 0
+    for view in (Rotation(17.0, (0, 2)), Rotation(-8.0, (1, 2)), Flip(1), Identity(), GaussianBlur(1.0)):
+        moved = view.warp_field(values)
+        assert torch.equal(moved.sum(dim=1) > 0, view.warp_mask(mask)), view
+        assert set(moved.unique().tolist()) <= set(values.unique().tolist())  # nearest: no blends
+
+
 def test_rotation_needs_a_plane():
     with pytest.raises(ViewError, match="at least 2 spatial axes"):
         Rotation(10.0).check(torch.zeros(1, 1, 8))
@@ -204,25 +228,28 @@ def test_default_view_sets():
     assert three == [
         "identity",
         "flip",
-        "rotate:10",
-        "rotate:-10",
+        "rotate:10:fill=min",  # the volume's minimum (air in CT), not 0 (water in HU)
+        "rotate:-10:fill=min",
         "intensity:0.1,0.1:seed=7",
         "blur:1",
         "gamma:0.7,1.5:seed=8",
     ]
     kits = default_views(3, 1, lr_axis=2, axial_plane=(1, 2))
-    assert kits[1] == Flip(2) and kits[2] == Rotation(10.0, (1, 2))
+    assert kits[1] == Flip(2) and kits[2] == Rotation(10.0, (1, 2), "min")
+    assert default_views(3, 1, fill=0.0)[2] == Rotation(10.0)
 
 
 def test_view_strings_round_trip():
-    for view in [*default_views(2, 3, seed=4), *default_views(3, 1, seed=9), Rotation(-5.5, (1, 2)), Flip(2)]:
+    extra = [Rotation(-5.5, (1, 2)), Rotation(7.0, fill=-1024.0), Rotation(3.0, (0, 2), "min"), Flip(2)]
+    for view in [*default_views(2, 3, seed=4), *default_views(3, 1, seed=9), *extra]:
         assert parse_view(view.describe()) == view, view.describe()
+    assert parse_view("rotate:10:1,2:fill=min") == Rotation(10.0, (1, 2), "min")
     assert parse_view("blur:2:k=7") == GaussianBlur(2.0, 7)
     assert parse_view("jitter", seed=3) == IntensityJitter(seed=3)
     assert parse_view("grayscale") == Greyscale()
 
 
-@pytest.mark.parametrize("spec", ["spin:10", "rotate", "jitter:0.4", "blur:1,2,3", "gamma:-1"])
+@pytest.mark.parametrize("spec", ["spin:10", "rotate", "jitter:0.4", "blur:1,2,3", "gamma:-1", "rotate:5:fill=air"])
 def test_bad_view_strings_are_named(spec: str):
     with pytest.raises(ViewError, match=r"view|gamma"):
         parse_view(spec)
@@ -234,3 +261,11 @@ def test_anatomical_axes():
     assert anatomical_axes(("L", "S", "P")) == (0, (0, 2))
     with pytest.raises(ViewError, match="anatomical axes"):
         anatomical_axes(("R", "L", "S"))
+    # 2D: the horizontal axis (left-right, or anterior-posterior in a sagittal slice), plane (0, 1)
+    assert anatomical_axes("LP") == (0, (0, 1))  # a PNG as medcam reads it: x = column
+    assert anatomical_axes("PL") == (1, (0, 1))
+    assert anatomical_axes("AS") == (0, (0, 1))
+    assert anatomical_axes("SR") == (1, (0, 1))
+    for bad in ("SI", "LR", "XY"):
+        with pytest.raises(ViewError, match="anatomical axes"):
+            anatomical_axes(bad)

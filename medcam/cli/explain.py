@@ -28,6 +28,16 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default: the shipped demo model)")
     parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
     parser.add_argument(
+        "--method-option",
+        dest="method_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --method, repeatable; VALUE is read as JSON when it parses, else as text, e.g. "
+        '--method-option fusion=median --method-option views=\'["identity","flip:0"]\' '
+        "(an unknown KEY lists the method's options)",
+    )
+    parser.add_argument(
         "--pixels",
         default="predicted",
         metavar="SET",
@@ -61,11 +71,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medcam import pipeline
+    from medcam.cli.method_options import check_method_options, parse_method_options
     from medcam.errors import UserError
 
+    method = args.method or pipeline.DEFAULT_METHOD
+    method_options = parse_method_options(args.method_options)
+    check_method_options(method, method_options)  # stop on a bad option before reading anything
     options: dict[str, Any] = {
         "model": args.model,
-        "method": args.method or pipeline.DEFAULT_METHOD,
+        "method": method,
+        "method_options": method_options,
         "pixels": args.pixels,
         "layer": args.layer,
         "device": args.device,

@@ -29,21 +29,34 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+class MethodOptionError(UserError, TypeError):
+    """An option the method does not have (a ``TypeError`` for Python callers, a user error for the CLI)."""
+
+
+def _method_class(name: str) -> type[CAMMethod]:
+    key = name.lower()
+    if key not in METHODS:
+        close = difflib.get_close_matches(key, list(METHODS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"method {name!r} is not known (valid: {', '.join(list_methods())}){hint}")
+    return METHODS[key]
+
+
+def method_parameters(name: str) -> list[str]:
+    """The option names a registered method accepts, in signature order."""
+    return [p for p in inspect.signature(_method_class(name)).parameters if p not in ("self", "args", "kwargs")]
+
+
 def create_method(name: str | CAMMethod, **options: Any) -> CAMMethod:
     """Instantiate a method by name with its options; unknown names and options are named."""
     if isinstance(name, CAMMethod):
         if options:
             raise TypeError(f"options {sorted(options)} apply only when the method is given by name")
         return name
-    key = name.lower()
-    if key not in METHODS:
-        close = difflib.get_close_matches(key, list(METHODS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"method {name!r} is not known (valid: {', '.join(list_methods())}){hint}")
-    cls = METHODS[key]
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    cls = _method_class(name)
+    accepted = method_parameters(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         valid = ", ".join(accepted) if accepted else "none"
-        raise TypeError(f"method {key!r} has no option(s) {unknown} (valid options: {valid})")
+        raise MethodOptionError(f"method {name.lower()!r} has no option(s) {unknown} (valid options: {valid})")
     return cls(**options)

@@ -26,17 +26,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from medcam.core.ops import Normalization, normalize
 from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target, TargetError
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
 from medcam.methods.stability import mean_variance, view_agreement
-from medcam.methods.views import Identity, View, default_views, parse_view
+from medcam.methods.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,60 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def normalization_scale(maps: Tensor, mode: Normalization) -> tuple[Tensor, Tensor]:
+    """``(offset, scale)`` per sample ``(N,)`` with ``normalize(maps, mode) == (maps - offset) / scale``.
+
+    ``"minmax"``: (min, max - min); ``"max"``: (0, max); ``None``: (0, 1). A scale of 0
+    stands for a map the normalisation sets to zero (constant, or max <= 0).
+    """
+    dims = tuple(range(1, maps.ndim))
+    zero = torch.zeros(maps.shape[0], dtype=torch.float64, device=maps.device)
+    if mode == "minmax":
+        low = maps.amin(dim=dims).double()
+        return low, maps.amax(dim=dims).double() - low
+    if mode == "max":
+        return zero, maps.amax(dim=dims).double().clamp_min(0)
+    return zero, torch.ones_like(zero)
+
+
+@runtime_checkable
+class ViewTarget(Protocol):
+    """A bound target that carries itself into augmentation views.
+
+    RobustCAM moves the pixel set M of an ordinary target itself. A target with more
+    spatial structure, such as the sliding-window target whose per-pixel weights must
+    move with the image (:mod:`medcam.robust_windows`), implements ``in_views``: the
+    target of a batch of rows, row ``r`` being sample ``rows[r][0]`` seen through view
+    ``rows[r][1]``.
+    """
+
+    def in_views(self, rows: Sequence[tuple[int, View]]) -> BoundTarget: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ViewMaps:
+    """Every view's map back in the original frame, before fusion (:meth:`RobustCAM.view_maps`).
+
+    ``maps``: alias -> ``(N, V, *spatial)``, each view's map post-processed like a map of
+    the base method (normalised over the view's own field) and warped back; ``valid``:
+    ``(N, V, *spatial)``, where each view saw the voxel; ``offsets``/``scales``: alias ->
+    ``(N, V)`` float64, the per-view normalisation ``(raw - offset) / scale`` (0 for rows
+    that did not run); ``rows``: the (sample, view) pairs that ran; ``dropped``: the rows
+    whose pixel set M left the view.
+    """
+
+    maps: dict[str, Tensor]
+    valid: Tensor
+    offsets: dict[str, Tensor]
+    scales: dict[str, Tensor]
+    views: list[View]
+    rows: list[tuple[int, int]]
+    dropped: list[dict[str, Any]]
+    base: CAMMethod
+    target: BoundTarget
+    output: Tensor
+
+
 class RobustCAM(CAMMethod):
     """Augmentation-fused explanation with per-voxel uncertainty (RobustCAM).
 
@@ -94,10 +150,15 @@ class RobustCAM(CAMMethod):
       (a robust Seg-HiRes-Grad CAM). ``base_options`` go to its constructor.
     * ``views``: ``"default"`` (2D: identity, horizontal flip, rotation +15 deg,
       intensity jitter, blur, greyscale for colour input; 3D: identity, left-right
-      flip, in-plane rotation +/-10 deg, intensity scale/shift, blur, gamma) or a
-      list of :class:`~medcam.methods.views.View` objects and/or view strings
-      (``"rotate:15"``, ``"flip:0"``, ``"blur:1"``...). ``seed`` seeds the
-      photometric views that do not name their own.
+      flip, in-plane rotation +/-10 deg filled with the volume's minimum, intensity
+      scale/shift, blur, gamma) or a list of :class:`~medcam.methods.views.View`
+      objects and/or view strings (``"rotate:15"``, ``"flip:0"``, ``"blur:1"``...).
+      ``seed`` seeds the photometric views that do not name their own.
+    * ``orientation``: axis codes of the input's spatial axes (``"RAS"``, KiTS's
+      ``"IPL"``; 2D ``"LP"``): the default views then flip left-right (2D:
+      horizontally) and rotate in the axial plane of that orientation. ``None``: axis 0
+      is left-right and the plane (0, 1) axial in 3D; axis 1 is horizontal in 2D.
+      ``medcam explain`` passes the model grid's orientation.
     * ``fusion``: ``"mean"`` (default) or ``"median"`` over the valid views.
     * ``batch_size``: at most this many (sample, view) rows per forward/backward
       pass; ``None`` runs all rows in one pass. Lower it for large 3D volumes.
@@ -107,7 +168,7 @@ class RobustCAM(CAMMethod):
     ``MethodResult.extras``: ``"uncertainty"`` (std over valid views, in the units of
     the per-view normalised maps) and ``"valid_views"`` (count), per layer alias at
     input resolution. ``stats``: the resolved views, dropped views and, per layer,
-    the stability metrics per sample.
+    the stability metrics per sample (:meth:`sample_stats` gives one sample's, readably).
     """
 
     name = "robustcam"
@@ -122,15 +183,32 @@ class RobustCAM(CAMMethod):
         top_fraction: float = 0.1,
         stability: bool = True,
         base_options: Mapping[str, Any] | None = None,
+        orientation: str | Sequence[str] | None = None,
     ) -> None:
         if fusion not in FUSIONS:
             raise UserError(f"fusion={fusion!r} is not known; use one of {FUSIONS}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise UserError(f"batch_size must be a positive integer or None (all views in one pass), got {batch_size}")
-        if not 0.0 < top_fraction <= 1.0:
-            raise UserError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise UserError(
+                f"batch_size must be a positive integer or None (all views in one pass), got {batch_size!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"seed must be an integer, got {seed!r}")
+        if (
+            isinstance(top_fraction, bool)
+            or not isinstance(top_fraction, (int, float))
+            or not 0.0 < top_fraction <= 1.0
+        ):
+            raise UserError(f"top_fraction must be a number in (0, 1], got {top_fraction!r}")
+        if not isinstance(stability, bool):
+            raise UserError(f"stability must be true or false, got {stability!r}")
+        if not isinstance(base, (str, CAMMethod)):
+            raise UserError(f"base must be a method name such as 'gradcam' or a method, got {base!r}")
         if isinstance(base, RobustCAM) or (isinstance(base, str) and base.lower() == self.name):
             raise UserError("RobustCAM cannot wrap itself; choose a base method such as gradcam or hirescam")
+        if base_options is not None and not isinstance(base_options, Mapping):
+            raise UserError(f"base_options must be a mapping of option names to values, got {base_options!r}")
         if isinstance(base, CAMMethod) and base_options:
             raise UserError("base_options apply only when base is given by name")
         if isinstance(views, View):
@@ -140,9 +218,18 @@ class RobustCAM(CAMMethod):
                 raise UserError(f"views={views!r}: pass 'default' or a list of views, e.g. ['identity', 'flip']")
             parsed: list[View] | None = None
         else:
+            if not isinstance(views, Sequence) or not all(isinstance(v, (str, View)) for v in views):
+                raise UserError(
+                    f"views must be 'default' or a list of view strings, e.g. ['identity', 'flip'], got {views!r}"
+                )
             parsed = [parse_view(spec, seed=seed + i) for i, spec in enumerate(views)]
             if not parsed:
                 raise UserError("views is empty; pass 'default' or at least one view, e.g. ['identity']")
+        if orientation is not None:
+            if not isinstance(orientation, (str, Sequence)) or not all(isinstance(c, str) for c in orientation):
+                raise UserError(f"orientation must be axis codes such as 'RAS' or 'IPL', got {orientation!r}")
+            orientation = "".join(c.upper()[:1] for c in orientation)
+            anatomical_axes(orientation)  # names the problem if the codes are not anatomical
         self.base = base
         self.base_options = dict(base_options or {})
         self.views = views
@@ -151,6 +238,7 @@ class RobustCAM(CAMMethod):
         self.seed = seed
         self.top_fraction = top_fraction
         self.stability = stability
+        self.orientation = orientation
         self._parsed = parsed
 
     def options(self) -> dict[str, Any]:
@@ -165,12 +253,24 @@ class RobustCAM(CAMMethod):
             "seed": self.seed,
             "top_fraction": self.top_fraction,
             "stability": self.stability,
+            "orientation": self.orientation,
         }
 
     def resolve_views(self, x: Tensor) -> list[View]:
         """The views for input ``x``, each checked against it."""
         ndim, channels = x.ndim - 2, x.shape[1]
-        views = default_views(ndim, channels, seed=self.seed) if self._parsed is None else list(self._parsed)
+        if self._parsed is not None:
+            views = list(self._parsed)
+        elif self.orientation is not None and ndim in (2, 3):
+            if len(self.orientation) != ndim:
+                raise ViewError(
+                    f"orientation {self.orientation!r} names {len(self.orientation)} axes but the input has {ndim} "
+                    "spatial axes; give one code per axis"
+                )
+            lr_axis, plane = anatomical_axes(self.orientation)
+            views = default_views(ndim, channels, seed=self.seed, lr_axis=lr_axis, axial_plane=plane)
+        else:
+            views = default_views(ndim, channels, seed=self.seed)
         for view in views:
             view.check(x)
         return views
@@ -209,20 +309,39 @@ class RobustCAM(CAMMethod):
         result = base.run(probe, x, target, layers, post)
         return base, result.target, result.output, result.maps
 
-    def run(
+    def _chunk_target(
+        self, bound: BoundTarget, chunk: list[tuple[int, int]], views: list[View], masks: Any
+    ) -> BoundTarget:
+        """The target of a batch of (sample, view) rows: the same class, M moved into each view."""
+        if isinstance(bound, ViewTarget):
+            return bound.in_views([(i, views[j]) for i, j in chunk])
+        index = torch.tensor([i for i, _ in chunk], device=bound.classes.device)
+        target = bound.select(index)
+        if bound.is_segmentation:
+            target = target.with_mask(torch.cat([masks[row] for row in chunk]))
+        return target
+
+    def view_maps(
         self,
         probe: Probe,
         x: Tensor,
         target: Target | BoundTarget,
         layers: Mapping[str, str],
         post: PostProcessing,
-    ) -> MethodResult:
+    ) -> ViewMaps:
+        """Run the base method on every view and bring each map back to the original frame.
+
+        Each view's map is post-processed like a map of the base method: ReLU (if
+        ``post.relu``) and upsampling, then ``post.normalization`` over the view's whole
+        field, whose offset and scale are kept (the sliding-window RobustCAM needs them).
+        """
         views = self.resolve_views(x)
         n, count, size = x.shape[0], len(views), tuple(x.shape[2:])
+        raw = PostProcessing(post.relu, None)
         identity = next((j for j, view in enumerate(views) if isinstance(view, Identity)), None)
         first: dict[str, Tensor] = {}
         if identity is not None and (self.batch_size is None or n <= self.batch_size):
-            base, bound, output, first = self._identity_pass(probe, x, target, layers, post)
+            base, bound, output, first = self._identity_pass(probe, x, target, layers, raw)
         else:
             # bind once on the whole batch (per-sample targets need all of it), then run every view
             identity = None
@@ -232,16 +351,23 @@ class RobustCAM(CAMMethod):
         rows, masks, dropped = self._rows(bound, views, n)
 
         aligned: dict[str, Tensor] = {}
+        offsets: dict[str, Tensor] = {}
+        scales: dict[str, Tensor] = {}
         valid = torch.zeros(n, count, *size, dtype=torch.bool)
 
         def collect(maps: dict[str, Tensor], done: list[tuple[int, int]], where: list[int]) -> None:
             for alias, values in maps.items():
                 if alias not in aligned:
                     aligned[alias] = torch.zeros(n, count, *size, dtype=values.dtype, device=values.device)
+                    offsets[alias] = torch.zeros(n, count, dtype=torch.float64)
+                    scales[alias] = torch.zeros(n, count, dtype=torch.float64)
+                normalized = normalize(values, post.normalization)
+                offset, scale = normalization_scale(values, post.normalization)
                 for (i, j), r in zip(done, where, strict=True):
-                    back, ok = views[j].warp_back(values[r : r + 1])
+                    back, ok = views[j].warp_back(normalized[r : r + 1])
                     aligned[alias][i, j] = back[0]
                     valid[i, j] = ok[0].cpu()
+                    offsets[alias][i, j], scales[alias][i, j] = float(offset[r]), float(scale[r])
 
         if identity is not None:
             kept = [(i, j) for i, j in rows if j == identity]  # a hand-made empty M drops a row
@@ -253,43 +379,55 @@ class RobustCAM(CAMMethod):
         for start in range(0, len(rows_left), step):
             chunk = rows_left[start : start + step]
             batch = torch.cat([views[j].apply(x[i : i + 1]) for i, j in chunk])
-            index = torch.tensor([i for i, _ in chunk], device=bound.classes.device)
-            chunk_target = bound.select(index)
-            if bound.is_segmentation:
-                chunk_target = chunk_target.with_mask(torch.cat([masks[row] for row in chunk]))
-            result = base.run(probe, batch, chunk_target, layers, post)
+            result = base.run(probe, batch, self._chunk_target(bound, chunk, views, masks), layers, raw)
             collect(result.maps, chunk, list(range(len(chunk))))
+        return ViewMaps(aligned, valid, offsets, scales, views, rows, dropped, base, bound, output)
 
+    def fuse_views(self, stack: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`fuse` with this method's fusion, warning about voxels no view saw."""
+        fused, std, seen = fuse(stack, valid.to(stack.device), self.fusion)
+        if bool((seen == 0).any()):
+            logger.warning(
+                "RobustCAM: %d voxel(s) lie outside every view's field of view; their fused map is 0 "
+                "(include the identity view to avoid this)",
+                int((seen == 0).sum()),
+            )
+        return fused, std, seen
+
+    def run(
+        self,
+        probe: Probe,
+        x: Tensor,
+        target: Target | BoundTarget,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+    ) -> MethodResult:
+        found = self.view_maps(probe, x, target, layers, post)
+        size = tuple(x.shape[2:])
         fused_maps: dict[str, Tensor] = {}
         uncertainty: dict[str, Tensor] = {}
         valid_views: dict[str, Tensor] = {}
         stability: dict[str, Any] = {}
-        for alias, stack in aligned.items():
-            mask = valid.to(stack.device)
-            fused, std, seen = fuse(stack, mask, self.fusion)
-            if bool((seen == 0).any()):
-                logger.warning(
-                    "RobustCAM: %d voxel(s) lie outside every view's field of view; their fused map is 0 "
-                    "(include the identity view to avoid this)",
-                    int((seen == 0).sum()),
-                )
+        for alias, stack in found.maps.items():
+            fused, std, seen = self.fuse_views(stack, found.valid)
             fused_maps[alias] = post.apply(fused, size)
             uncertainty[alias] = std
             valid_views[alias] = seen
             if self.stability:
-                stability[alias] = self._stability(stack, mask, fused_maps[alias], std, seen, rows)
+                metrics = self.agreement(stack, found.valid.to(stack.device), fused_maps[alias], found.rows)
+                stability[alias] = {"mean_variance": [float(v) for v in mean_variance(std, seen)], **metrics}
 
         stats = {
-            "base": base.name,
+            "base": found.base.name,
             "fusion": self.fusion,
-            "views": [v.describe() for v in views],
-            "dropped_views": dropped,
+            "views": [v.describe() for v in found.views],
+            "dropped_views": found.dropped,
             "stability": stability,
         }
         return MethodResult(
             maps=fused_maps,
-            target=bound,
-            output=output,
+            target=found.target,
+            output=found.output,
             extras={"uncertainty": uncertainty, "valid_views": valid_views},
             stats=stats,
         )
@@ -328,16 +466,11 @@ class RobustCAM(CAMMethod):
             )
         return rows, masks, dropped
 
-    def _stability(
-        self,
-        stack: Tensor,
-        valid: Tensor,
-        fused: Tensor,
-        std: Tensor,
-        seen: Tensor,
-        rows: list[tuple[int, int]],
-    ) -> dict[str, Any]:
-        """Per-sample stability metrics; per-view values are None for dropped views."""
+    def agreement(self, stack: Tensor, valid: Tensor, fused: Tensor, rows: list[tuple[int, int]]) -> dict[str, Any]:
+        """Top-fraction IoU and Spearman rho of each view against the fused map, per sample.
+
+        Per-view values are None for views that did not run (dropped).
+        """
         n, count = stack.shape[:2]
         ious: list[list[float | None]] = [[None] * count for _ in range(n)]
         rhos: list[list[float | None]] = [[None] * count for _ in range(n)]
@@ -346,16 +479,52 @@ class RobustCAM(CAMMethod):
             iou, rho = view_agreement(stack[i, kept], fused[i], valid[i, kept], self.top_fraction)
             for j, a, b in zip(kept, iou.tolist(), rho.tolist(), strict=True):
                 ious[i][j], rhos[i][j] = _finite(a), _finite(b)
-
-        def average(values: list[float | None]) -> float | None:
-            kept = [v for v in values if v is not None]
-            return sum(kept) / len(kept) if kept else None
-
         return {
-            "mean_variance": [float(v) for v in mean_variance(std, seen)],
-            "top_iou": [average(v) for v in ious],
-            "spearman": [average(v) for v in rhos],
+            "top_iou": [_average(v) for v in ious],
+            "spearman": [_average(v) for v in rhos],
             "top_fraction": self.top_fraction,
             "top_iou_per_view": ious,
             "spearman_per_view": rhos,
         }
+
+    @staticmethod
+    def sample_stats(stats: Mapping[str, Any], sample: int = 0) -> dict[str, Any]:
+        """One sample's ``stats``, readably: per layer one number per metric and a row per view.
+
+        This is what ``medcam explain`` writes to ``summary.json`` (``method.stats``).
+        Values are rounded to 6 significant digits; a dropped view has ``None``.
+        """
+        views = list(stats.get("views", []))
+        readable: dict[str, Any] = {
+            key: value for key, value in stats.items() if key not in ("stability", "dropped_views")
+        }
+        readable["dropped_views"] = [
+            {k: v for k, v in d.items() if k != "sample"}
+            for d in stats.get("dropped_views", [])
+            if d.get("sample", 0) == sample
+        ]
+        layers: dict[str, Any] = {}
+        for alias, metrics in stats.get("stability", {}).items():
+            ious = metrics["top_iou_per_view"][sample]
+            rhos = metrics["spearman_per_view"][sample]
+            layers[alias] = {
+                "mean_variance": _round(metrics["mean_variance"][sample]),
+                "top_iou": _round(metrics["top_iou"][sample]),
+                "spearman": _round(metrics["spearman"][sample]),
+                "top_fraction": metrics["top_fraction"],
+                "per_view": [
+                    {"view": view, "top_iou": _round(iou), "spearman": _round(rho)}
+                    for view, iou, rho in zip(views, ious, rhos, strict=True)
+                ],
+            }
+        readable["stability"] = layers
+        return readable
+
+
+def _average(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.6g}")

@@ -79,6 +79,14 @@ class View(ABC):
         """Carry a boolean pixel set ``(N, *spatial)`` into the view (identity for photometric views)."""
         return mask
 
+    def warp_field(self, values: Tensor) -> Tensor:
+        """Carry per-pixel target weights ``(N, C, *spatial)`` into the view, like :meth:`warp_mask`.
+
+        Nearest neighbour, on the same sampling grid as :meth:`warp_mask`, so the
+        non-zero pixels of the warped weights are exactly the warped pixel set.
+        """
+        return values
+
     def warp_back(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         """``(maps, valid)`` in the original frame for view-frame maps ``(N, *spatial)``."""
         return maps, torch.ones_like(maps, dtype=torch.bool)
@@ -136,6 +144,9 @@ class Flip(View):
     def warp_mask(self, mask: Tensor) -> Tensor:
         return mask.flip(1 + self._axis(mask.ndim - 1))
 
+    def warp_field(self, values: Tensor) -> Tensor:
+        return values.flip(2 + self._axis(values.ndim - 2))
+
     def warp_back(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         return maps.flip(1 + self._axis(maps.ndim - 1)), torch.ones_like(maps, dtype=torch.bool)
 
@@ -158,10 +169,18 @@ class Rotation(View):
     fill: float | Literal["min"] = 0.0
     geometric = True
 
+    def __post_init__(self) -> None:
+        if self.fill != "min" and (isinstance(self.fill, str) or not math.isfinite(float(self.fill))):
+            raise ViewError(f"rotation fill must be a finite number or 'min', got {self.fill!r}")
+
     def describe(self) -> str:
         text = f"rotate:{self.degrees:g}"
         if tuple(self.plane) != (0, 1):
             text += f":{self.plane[0]},{self.plane[1]}"
+        if self.fill == "min":
+            text += ":fill=min"
+        elif float(self.fill) != 0.0:
+            text += f":fill={float(self.fill):g}"
         return text
 
     def check(self, x: Tensor) -> None:
@@ -211,11 +230,13 @@ class Rotation(View):
         return moved + fill
 
     def warp_mask(self, mask: Tensor) -> Tensor:
-        shape = tuple(mask.shape[1:])
-        values = mask.float().unsqueeze(1)
-        grid = self._grid(shape, mask.shape[0], False, values)
-        moved = F.grid_sample(values, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        return moved.squeeze(1) > 0.5
+        return self.warp_field(mask.float().unsqueeze(1)).squeeze(1) > 0.5
+
+    def warp_field(self, values: Tensor) -> Tensor:
+        shape = tuple(values.shape[2:])
+        # the grid in float32 whatever the dtype of values: masks and weights pick the same pixels
+        grid = self._grid(shape, values.shape[0], False, values.float()).to(values.dtype)
+        return F.grid_sample(values, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
     def warp_back(self, maps: Tensor) -> tuple[Tensor, Tensor]:
         shape = tuple(maps.shape[1:])
@@ -441,13 +462,23 @@ def anatomical_axes(codes: Sequence[str]) -> tuple[int, tuple[int, int]]:
     """``(left-right axis, axial plane)`` from orientation codes such as nibabel's ``aff2axcodes``.
 
     ``("R", "A", "S")`` gives ``(0, (0, 1))``; KiTS23 as stored, ``("I", "P", "L")``,
-    gives ``(2, (1, 2))``.
+    gives ``(2, (1, 2))``. Two codes (a 2D image) give ``(horizontal axis, (0, 1))``:
+    the left-right axis, or the anterior-posterior one of a sagittal slice; a PNG read
+    as medcam reads it (x = column, codes ``("L", "P")``) gives ``(0, (0, 1))``.
     """
     letters = [c.upper()[:1] for c in codes]
     groups = [{"L", "R"}, {"A", "P"}, {"S", "I"}]
     found = [next((i for i, c in enumerate(letters) if c in g), None) for g in groups]
+    named = sum(any(c in g for c in letters) for g in groups)
+    if len(letters) == 2 and named == 2 and all(any(c in g for g in groups) for c in letters):
+        horizontal = found[0] if found[0] is not None else found[1]
+        if horizontal is not None:
+            return horizontal, (0, 1)
     if len(letters) != 3 or None in found:
-        raise ViewError(f"orientation codes {tuple(codes)} do not name the three anatomical axes (e.g. R, A, S)")
+        raise ViewError(
+            f"orientation codes {tuple(codes)} do not name {len(letters)} different anatomical axes "
+            "(e.g. R, A, S; or L, P for a 2D image)"
+        )
     lr, ap = int(found[0] or 0), int(found[1] or 0)
     return lr, (min(lr, ap), max(lr, ap))
 
@@ -459,21 +490,24 @@ def default_views(
     seed: int = 0,
     lr_axis: int | None = None,
     axial_plane: tuple[int, int] = (0, 1),
+    fill: float | Literal["min"] | None = None,
 ) -> list[View]:
     """The default view set for an input with ``ndim`` spatial axes and ``channels`` channels.
 
-    2D (the RobustCAM set): identity, horizontal flip, rotation +15 deg, intensity
-    jitter (brightness and contrast 0.4; saturation for colour), Gaussian blur (kernel
-    5, sigma drawn from (0.1, 2.0)), greyscale (colour only). 3D: identity, left-right
-    flip, in-plane rotation +10 and -10 deg, intensity scale and shift, Gaussian blur
-    (sigma 1 voxel), gamma. 1D: identity, flip, intensity scale and shift, blur, gamma.
-    Photometric views get seeds ``seed``, ``seed + 1``, ...
+    2D (the RobustCAM set): identity, horizontal flip, rotation +15 deg (zero fill),
+    intensity jitter (brightness and contrast 0.4; saturation for colour), Gaussian
+    blur (kernel 5, sigma drawn from (0.1, 2.0)), greyscale (colour only). 3D:
+    identity, left-right flip, in-plane rotation +10 and -10 deg filled with the
+    volume's minimum (air in CT, background in MR: 0 would be water in HU or the mean
+    of a z-scored MR), intensity scale and shift, Gaussian blur (sigma 1 voxel), gamma.
+    1D: identity, flip, intensity scale and shift, blur, gamma. ``fill`` overrides the
+    rotation fill. Photometric views get seeds ``seed``, ``seed + 1``, ...
     """
     if ndim == 2:
         views: list[View] = [
             Identity(),
             Flip(lr_axis),
-            Rotation(15.0, axial_plane),
+            Rotation(15.0, axial_plane, 0.0 if fill is None else fill),
             IntensityJitter(0.4, 0.4, 0.4 if channels == 3 else 0.0, seed=seed),
             GaussianBlur((0.1, 2.0), kernel_size=5, seed=seed + 1),
         ]
@@ -482,8 +516,8 @@ def default_views(
         return [
             Identity(),
             Flip(lr_axis),
-            Rotation(10.0, axial_plane),
-            Rotation(-10.0, axial_plane),
+            Rotation(10.0, axial_plane, "min" if fill is None else fill),
+            Rotation(-10.0, axial_plane, "min" if fill is None else fill),
             IntensityScaleShift(seed=seed),
             GaussianBlur(1.0),
             Gamma(seed=seed + 1),
@@ -495,8 +529,9 @@ def default_views(
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
 _VIEW_SYNTAX = (
-    "identity, flip[:AXIS], rotate:DEG[:A,B], jitter[:B,C,S], blur[:SIGMA or LOW,HIGH][:k=K], greyscale, "
-    "intensity[:SCALE,SHIFT], gamma[:G or LOW,HIGH]; append :seed=N to seeded views"
+    "identity, flip[:AXIS], rotate:DEG[:A,B][:fill=min or VALUE], jitter[:B,C,S], "
+    "blur[:SIGMA or LOW,HIGH][:k=K], greyscale, intensity[:SCALE,SHIFT], gamma[:G or LOW,HIGH]; "
+    "append :seed=N to seeded views"
 )
 
 
@@ -531,9 +566,10 @@ def parse_view(spec: str | View, *, seed: int = 0) -> View:
         return Identity()
     if m := re.fullmatch(r"flip(?::(-?\d+))?", text):
         return Flip(None if m.group(1) is None else int(m.group(1)))
-    if m := re.fullmatch(rf"(?:rotate|rotation):({_NUMBER})(?::(\d+),(\d+))?", text):
+    if m := re.fullmatch(rf"(?:rotate|rotation):({_NUMBER})(?::(\d+),(\d+))?(?::fill=(min|{_NUMBER}))?", text):
         plane = (int(m.group(2)), int(m.group(3))) if m.group(2) else (0, 1)
-        return Rotation(float(m.group(1)), plane)
+        fill: float | Literal["min"] = "min" if m.group(4) == "min" else float(m.group(4) or 0.0)
+        return Rotation(float(m.group(1)), plane, fill)
     if m := re.fullmatch(rf"jitter(?::({nums}))?", text):
         values = _numbers(m.group(1)) or [0.4, 0.4, 0.4]
         if len(values) != 3:

@@ -68,11 +68,22 @@ def voxel_spacing(affine: np.ndarray, ndim: int = 3) -> tuple[float, ...]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :ndim], axis=0))
 
 
-def axis_codes(affine: np.ndarray) -> str:
-    """Orientation codes of the index axes, e.g. ``'IPL'`` for KiTS (nibabel's ``aff2axcodes``)."""
+def axis_codes(affine: np.ndarray, ndim: int | None = None) -> str:
+    """Orientation codes of the index axes, e.g. ``'IPL'`` for KiTS (nibabel's ``aff2axcodes``).
+
+    ``ndim``: codes of the first ``ndim`` index axes only (``'LP'`` for a PNG), judged
+    from their own columns, so a 2D grid's placeholder third axis cannot take a code.
+    """
     import nibabel as nib
 
-    return "".join(str(c) for c in nib.aff2axcodes(np.asarray(affine)))
+    affine = np.asarray(affine, dtype=float)
+    if ndim is not None:
+        columns = np.zeros((4, ndim + 1))
+        columns[:3, :ndim] = affine[:3, :ndim]
+        columns[:3, ndim] = affine[:3, 3]
+        columns[3, ndim] = 1.0
+        affine = columns
+    return "".join(str(c) for c in nib.aff2axcodes(affine))
 
 
 def voxel_centres(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:

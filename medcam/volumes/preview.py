@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,10 @@ from medcam.volumes.geometry import voxel_spacing
 
 HEATMAP_COLORMAP = "inferno"
 DEFAULT_THRESHOLD = 0.2
+# the uncertainty's own colour map: sequential like inferno but in cool hues (see docs/slicer.md)
+UNCERTAINTY_COLORMAP = "GnBu"
+UNCERTAINTY_WINDOW = 0.5  # display top in the units of normalised maps
+UNCERTAINTY_THRESHOLD = 0.1  # transparent below this share of the window
 
 
 @dataclass(frozen=True)
@@ -119,18 +124,94 @@ def render_preview(
     norm = colors.Normalize(vmin=0.0, vmax=1.0)
     mappable = None
     for ax, panel in zip(axes[0], panels, strict=True):
-        ax.imshow(
-            _window(panel.image, window), cmap="gray", vmin=0, vmax=1, aspect=panel.aspect, interpolation="nearest"
-        )
-        masked = np.ma.masked_less(panel.heat, threshold)
-        mappable = ax.imshow(masked, cmap=colormap, norm=norm, alpha=0.6, aspect=panel.aspect, interpolation="nearest")
-        if panel.contour is not None and panel.contour.any():
-            ax.contour(panel.contour.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+        mappable = _draw(ax, panel, window, threshold, colormap, norm)
         ax.set_title(panel.title, fontsize=10)
-        ax.set_axis_off()
     if mappable is not None:
         bar = fig.colorbar(mappable, ax=list(axes[0]), fraction=0.025, pad=0.02)
         bar.set_label(label)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _draw(ax: Any, panel: Panel, window: tuple[float, float] | None, threshold: float, colormap: str, norm: Any) -> Any:
+    """The image in grey, the map over it (transparent below ``threshold``), M outlined in cyan."""
+    ax.imshow(_window(panel.image, window), cmap="gray", vmin=0, vmax=1, aspect=panel.aspect, interpolation="nearest")
+    masked = np.ma.masked_less(panel.heat, threshold)
+    mappable = ax.imshow(masked, cmap=colormap, norm=norm, alpha=0.6, aspect=panel.aspect, interpolation="nearest")
+    if panel.contour is not None and panel.contour.any():
+        ax.contour(panel.contour.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    ax.set_axis_off()
+    return mappable
+
+
+def uncertainty_display(uncertainty: np.ndarray, normalized: bool = True) -> tuple[tuple[float, float], float]:
+    """``(window, threshold)`` of an uncertainty map, shared by the preview and the Slicer scene.
+
+    In the units of normalised maps (``normalized``) the window is fixed, [0, 0.5] (the
+    largest standard deviation of values in [0, 1]; larger values, possible after
+    sliding-window stitching, take the top colour), so colours mean the same in every
+    case; raw maps use [0, max]. Values below :data:`UNCERTAINTY_THRESHOLD` of the window
+    are transparent.
+    """
+    top = float(np.max(uncertainty)) if uncertainty.size else 0.0
+    high = UNCERTAINTY_WINDOW if normalized else (top if top > 0 else 1.0)
+    return (0.0, high), UNCERTAINTY_THRESHOLD * high
+
+
+def render_uncertainty_preview(
+    path: str | Path,
+    image: np.ndarray,
+    heat: np.ndarray,
+    uncertainty: np.ndarray,
+    affine: np.ndarray,
+    *,
+    title: str = "",
+    contour: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    normalized: bool = True,
+) -> Path:
+    """Write ``preview_uncertainty.png``: the map and its uncertainty side by side.
+
+    Both on the same slices, through the map's maximum: one row per orthogonal plane
+    (one row for a 2D image), the map with ``inferno`` on the left, the uncertainty with
+    :data:`UNCERTAINTY_COLORMAP` on the right, each with its own colour bar.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    path = Path(path)
+    if image.ndim == 2:
+        rows = [
+            (
+                Panel("image", image.T, heat.T, None if contour is None else contour.T, 1.0),
+                Panel("image", image.T, uncertainty.T, None if contour is None else contour.T, 1.0),
+            )
+        ]
+    else:
+        point = tuple(int(v) for v in np.unravel_index(int(np.argmax(heat)), heat.shape))
+        maps = orthogonal_panels(image, heat, affine, contour=contour, point=point)
+        spreads = orthogonal_panels(image, uncertainty, affine, contour=contour, point=point)
+        rows = list(zip(maps, spreads, strict=True))
+    (low, high), cut = uncertainty_display(uncertainty, normalized)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8.6, 3.3 * len(rows) + 0.5), squeeze=False, layout="constrained")
+    heat_norm = colors.Normalize(vmin=0.0, vmax=1.0)
+    spread_norm = colors.Normalize(vmin=low, vmax=high)
+    left = right = None
+    for (ax_map, ax_spread), (panel_map, panel_spread) in zip(axes, rows, strict=True):
+        left = _draw(ax_map, panel_map, window, threshold, HEATMAP_COLORMAP, heat_norm)
+        right = _draw(ax_spread, panel_spread, window, cut, UNCERTAINTY_COLORMAP, spread_norm)
+        ax_map.set_title(f"{panel_map.title}: map", fontsize=10)
+        ax_spread.set_title(f"{panel_spread.title}: uncertainty", fontsize=10)
+    if left is not None and right is not None:
+        fig.colorbar(left, ax=list(axes[:, 0]), shrink=0.6).set_label("CAM")
+        fig.colorbar(right, ax=list(axes[:, 1]), shrink=0.6).set_label("uncertainty (std over views)")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=100, metadata={"Software": None})

@@ -4,7 +4,8 @@ Layout (``--out DIR``): ``heatmap.nii.gz`` (the primary layer), ``<extra>.nii.gz
 each extra map a method returns (uncertainty, agreement, ...), ``levels/<layer>.nii.gz``
 and ``levels/<layer>_<extra>.nii.gz`` when several layers were explained,
 ``prediction.nii.gz`` and ``prediction.seg.nrrd`` (segmentation models),
-``heatmap.png`` (2D inputs), ``preview.png``, ``summary.json``, and the Slicer package:
+``heatmap.png`` (2D inputs), ``preview.png``, ``preview_uncertainty.png`` (when the method
+returns an ``uncertainty``: map and uncertainty side by side), ``summary.json``, and the Slicer package:
 ``review.mrb``, ``scene.mrml``, ``colormap_*.ctbl`` and ``load_in_slicer.py`` (plus
 ``image.nrrd`` when the input is a DICOM series or a detached header).
 """
@@ -25,7 +26,14 @@ import numpy as np
 from medcam.volumes.folders import atomic_folder, check_output
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume
-from medcam.volumes.preview import DEFAULT_THRESHOLD, render_preview, write_map_png
+from medcam.volumes.preview import (
+    DEFAULT_THRESHOLD,
+    UNCERTAINTY_COLORMAP,
+    render_preview,
+    render_uncertainty_preview,
+    uncertainty_display,
+    write_map_png,
+)
 from medcam.volumes.slicer import (
     Overlay,
     ReviewScene,
@@ -41,7 +49,7 @@ from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentat
 logger = logging.getLogger(__name__)
 
 # colour maps of extra overlays by name; anything else gets viridis
-EXTRA_COLORMAPS = {"uncertainty": "viridis", "agreement": "cividis", "valid_views": "viridis"}
+EXTRA_COLORMAPS = {"uncertainty": UNCERTAINTY_COLORMAP, "agreement": "cividis", "valid_views": "viridis"}
 # segment colours for common labels, then a qualitative palette
 SEGMENT_COLORS = {
     "kidney": (0.73, 0.40, 0.33),
@@ -109,10 +117,7 @@ class VolumeExplanation:
             data = per_layer[self.primary]
             write_nifti_like(volume, data, folder / file_name)
             outputs.setdefault("extras", {})[name] = file_name
-            lo, hi = float(np.min(data)), float(np.max(data))
-            overlays.append(
-                Overlay(name, file_name, EXTRA_COLORMAPS.get(name, "viridis"), (lo, hi if hi > lo else lo + 1), None)
-            )
+            overlays.append(self._extra_overlay(name, file_name, data))
         if len(self.maps) > 1:
             (folder / "levels").mkdir()
             levels: dict[str, Any] = {}
@@ -148,9 +153,10 @@ class VolumeExplanation:
             f"{self.summary['method']['name']} | class {self.summary['class']['name']} | "
             f"M = {self.summary['pixel_set']['definition']} | layer {self.primary}"
         )
+        grey = volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0)
         render_preview(
             folder / "preview.png",
-            volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0),
+            grey,
             self.heatmap,
             volume.affine,
             title=title,
@@ -158,8 +164,41 @@ class VolumeExplanation:
             window=self.image_window,
         )
         outputs["preview"] = "preview.png"
+        uncertainty = self.extras.get("uncertainty", {}).get(self.primary)
+        if uncertainty is not None:  # any method that returns an uncertainty gets the side-by-side panel
+            render_uncertainty_preview(
+                folder / "preview_uncertainty.png",
+                grey,
+                self.heatmap,
+                uncertainty,
+                volume.affine,
+                title=title,
+                contour=self.pixels,
+                window=self.image_window,
+                normalized=self._normalized,
+            )
+            outputs["preview_uncertainty"] = "preview_uncertainty.png"
         outputs.update(self._write_slicer(folder, final, geometry, overlays, segments))
         return outputs
+
+    @property
+    def _normalized(self) -> bool:
+        """Whether the maps were normalised (then an uncertainty is in the units of normalised maps)."""
+        return self.summary.get("method", {}).get("normalize", "minmax") is not None
+
+    def _extra_overlay(self, name: str, file_name: str, data: np.ndarray) -> Overlay:
+        """A method's extra map in the Slicer scene, with its own colour table.
+
+        The uncertainty uses the display of the preview (:func:`uncertainty_display`):
+        a fixed window in normalised units and low values transparent. Other extras span
+        their own range.
+        """
+        colormap = EXTRA_COLORMAPS.get(name, "viridis")
+        if name == "uncertainty":
+            window, cut = uncertainty_display(data, self._normalized)
+            return Overlay(name, file_name, colormap, window, (cut, max(window[1], float(np.max(data)))))
+        lo, hi = float(np.min(data)), float(np.max(data))
+        return Overlay(name, file_name, colormap, (lo, hi if hi > lo else lo + 1), None)
 
     def _write_slicer(
         self, folder: Path, final: Path, geometry: ItkGeometry, overlays: list[Overlay], segments: list[Segment]

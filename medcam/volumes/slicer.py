@@ -247,11 +247,13 @@ def load_script(scene: ReviewScene, folder: str) -> str:
     }
     segmentation = repr(scene.segmentation_file)
     window = repr(list(scene.image_window)) if scene.image_window else "None"
+    short = [_short_name(o.file) for o in scene.overlays]
     return f'''"""Show a medcam explanation in 3D Slicer.
 
 In Slicer's Python console:  exec(open(r"{folder}/load_in_slicer.py").read())
 or start Slicer with:        Slicer --python-script load_in_slicer.py
-Afterwards show(name) puts another overlay in the foreground: {", ".join(overlays)}.
+Afterwards show(name) puts another overlay in the foreground: {", ".join(overlays)}
+(or by file name: {", ".join(short)}), e.g. show("{short[min(1, len(short) - 1)]}").
 (Dragging review.mrb onto Slicer gives the same view without this script.)
 """
 
@@ -298,10 +300,18 @@ if SEGMENTATION:
     segmentation.GetDisplayNode().SetVisibility2DOutline(True)
 
 
+def _overlay(name):
+    for key, spec in OVERLAYS.items():
+        if name in (key, os.path.basename(spec["file"]).split(".")[0]):
+            return key
+    raise KeyError(f"no overlay {{name!r}}; choose one of {{', '.join(OVERLAYS)}}")
+
+
 def show(name):
-    """Put overlay ``name`` in the foreground of every slice view."""
+    """Put overlay ``name`` (its node name or file name, e.g. "heatmap", "uncertainty") in the foreground."""
+    key = _overlay(name)
     slicer.util.setSliceViewerLayers(
-        background=image, foreground=overlays[name], foregroundOpacity=OVERLAYS[name]["opacity"]
+        background=image, foreground=overlays[key], foregroundOpacity=OVERLAYS[key]["opacity"]
     )
 
 
@@ -309,6 +319,11 @@ show(next(iter(OVERLAYS)))
 slicer.util.resetSliceViews()
 slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *FOCUS_RAS)
 '''
+
+
+def _short_name(file_name: str) -> str:
+    """``uncertainty.nii.gz`` -> ``uncertainty``: the name ``show()`` also accepts."""
+    return Path(file_name).name.split(".")[0]
 
 
 def write_bundle(
