@@ -68,8 +68,8 @@ from medcam.inference import (
 )
 from medcam.methods.base import PostProcessing
 from medcam.methods.robust import RobustCAM
-from medcam.methods.stability import mean_variance
 from medcam.methods.views import View
+from medcam.metrics.stability import mean_variance
 
 logger = logging.getLogger(__name__)
 

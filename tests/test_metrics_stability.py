@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from scipy import stats
@@ -81,3 +83,35 @@ def test_a_scrambled_view_lowers_every_score() -> None:
     assert good.spearman.item() > 0.99 and bad.spearman.item() < good.spearman.item() - 0.1
     assert bad.top_k_iou.item() < good.top_k_iou.item()
     assert bad.variance.item() > good.variance.item()
+
+
+def test_view_agreement_equals_the_per_view_metrics() -> None:
+    from medcam.metrics.similarity import spearman, top_k_iou
+    from medcam.metrics.stability import view_agreement
+
+    generator = torch.Generator().manual_seed(2)
+    views = torch.rand(4, 12, 10, generator=generator).round(decimals=1)  # ties included
+    reference = torch.rand(12, 10, generator=generator)
+    valid = torch.ones_like(views, dtype=torch.bool)
+    valid[1, :3] = False  # a view that lost some pixels
+    valid[3] = False  # and one that lost all
+    ious, rhos = view_agreement(views, reference, valid, fraction=0.1)
+    for v in range(3):
+        seen = valid[v]
+        a, b = views[v][seen][None], reference[seen][None]
+        assert float(ious[v]) == float(top_k_iou(a, b, 0.1)[0])
+        assert float(rhos[v]) == pytest.approx(float(spearman(a, b)[0]))
+    assert math.isnan(float(ious[3])) and float(rhos[3]) == 0.0
+    # hand-computed: 10 pixels, top 20 % = 2 each; a {0, 1}, b {1, 0} -> IoU 1; top 50 %: {0..4} vs {0,1,7,8,9}
+    a = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]])
+    b = torch.tensor([8.0, 9, 0, 1, 2, 3, 4, 5, 6, 7])
+    assert float(view_agreement(a, b, fraction=0.2)[0][0]) == 1.0
+    assert float(view_agreement(a, b, fraction=0.5)[0][0]) == pytest.approx(2 / 8)
+
+
+def test_mean_variance_ignores_unseen_pixels() -> None:
+    from medcam.metrics.stability import mean_variance
+
+    std = torch.tensor([[[0.0, 0.5], [0.1, 0.3]]])
+    count = torch.tensor([[[0.0, 2.0], [3.0, 1.0]]])
+    assert float(mean_variance(std, count)[0]) == pytest.approx((0.25 + 0.01 + 0.09) / 3)

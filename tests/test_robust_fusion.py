@@ -5,16 +5,12 @@ References are numpy's nan-aware reductions and scipy's Spearman correlation.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from medcam.errors import UserError
 from medcam.methods.robust import fuse
-from medcam.methods.stability import mean_variance, spearman, top_fraction_iou, view_agreement
 
 
 def _views(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,57 +52,3 @@ def test_fuse_rejects_unknown_fusion():
     maps, valid = _views()
     with pytest.raises(UserError, match="fusion"):
         fuse(maps, valid, "max")  # type: ignore[arg-type]
-
-
-def test_spearman_matches_scipy_with_ties_and_validity():
-    generator = torch.Generator().manual_seed(1)
-    a = torch.randint(0, 6, (3, 9, 8), generator=generator).float()  # many ties
-    b = a + torch.randn(3, 9, 8, generator=generator) * 2
-    valid = torch.rand(3, 9, 8, generator=generator) > 0.2
-    ours = spearman(a, b, valid)
-    for n in range(3):
-        keep = valid[n].numpy()
-        reference = stats.spearmanr(a[n].numpy()[keep], b[n].numpy()[keep]).statistic
-        assert math.isclose(float(ours[n]), float(reference), abs_tol=1e-10)
-
-
-def test_spearman_counts_undefined_correlation_as_zero():
-    a = torch.ones(1, 5, 5)
-    b = torch.rand(1, 5, 5)
-    assert float(spearman(a, b)[0]) == 0.0
-    assert float(spearman(b, b)[0]) == pytest.approx(1.0)
-    assert float(spearman(b, -b)[0]) == pytest.approx(-1.0)
-
-
-def test_top_fraction_iou_hand_computed():
-    # 10 voxels, top 20 % = 2 voxels each
-    a = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0]])
-    b = torch.tensor([[8.0, 9, 0, 1, 2, 3, 4, 5, 6, 7]])
-    assert float(top_fraction_iou(a, b, fraction=0.2)[0]) == 1.0  # {0, 1} both
-    assert float(top_fraction_iou(a, b, fraction=0.5)[0]) == pytest.approx(2 / 8)  # {0..4} vs {0,1,7,8,9}
-    # without voxel 0: top 2 of 9 (round(1.8) = 2) are a {1, 2}, b {1, 9}
-    valid = torch.ones_like(a, dtype=torch.bool)
-    valid[0, 0] = False
-    assert float(top_fraction_iou(a, b, valid, fraction=0.2)[0]) == pytest.approx(1 / 3)
-    assert math.isnan(float(top_fraction_iou(a, b, torch.zeros_like(valid), fraction=0.2)[0]))
-
-
-def test_view_agreement_equals_the_per_view_metrics():
-    generator = torch.Generator().manual_seed(2)
-    views = torch.rand(4, 12, 10, generator=generator).round(decimals=1)  # ties included
-    reference = torch.rand(12, 10, generator=generator)
-    valid = torch.ones_like(views, dtype=torch.bool)
-    valid[1, :3] = False  # a view that lost some voxels
-    valid[3] = False  # and one that lost all
-    ious, rhos = view_agreement(views, reference, valid, fraction=0.1)
-    for v in range(3):
-        ref = reference[None]
-        assert float(ious[v]) == float(top_fraction_iou(views[v : v + 1], ref, valid[v : v + 1], 0.1)[0])
-        assert float(rhos[v]) == pytest.approx(float(spearman(views[v : v + 1], ref, valid[v : v + 1])[0]))
-    assert math.isnan(float(ious[3])) and float(rhos[3]) == 0.0
-
-
-def test_mean_variance_ignores_unseen_voxels():
-    std = torch.tensor([[[0.0, 0.5], [0.1, 0.3]]])
-    count = torch.tensor([[[0.0, 2.0], [3.0, 1.0]]])
-    assert float(mean_variance(std, count)[0]) == pytest.approx((0.25 + 0.01 + 0.09) / 3)

@@ -37,8 +37,8 @@ from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target, TargetError
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
-from medcam.methods.stability import mean_variance, view_agreement
 from medcam.methods.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
+from medcam.metrics.stability import mean_variance, view_agreement
 
 logger = logging.getLogger(__name__)
 

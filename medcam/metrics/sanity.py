@@ -23,18 +23,20 @@ import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from medcam.api import LayerSpec, explain
 from medcam.core.hooks import OutputSelector, evaluation_mode, resolve_layer
 from medcam.core.ops import Normalization
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod
 from medcam.metrics.similarity import spearman, ssim
+
+if TYPE_CHECKING:
+    from medcam.api import LayerSpec
 
 RandomisationMode = Literal["gaussian", "reset"]
 
@@ -133,6 +135,8 @@ def cascading_randomisation(
     module with parameters, in reverse execution order). ``groups``: randomise them
     in that many cumulative steps instead of one module per step (deep networks).
     """
+    from medcam.api import explain  # the API imports the methods, which import metrics
+
     reference = explain(
         model, x, method, target, layers, relu=relu, normalize=normalize, output=output, **method_options
     )

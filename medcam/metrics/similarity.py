@@ -44,7 +44,8 @@ def average_ranks(values: Tensor) -> Tensor:
     return ranks
 
 
-def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each row of two ``(N, P)`` float64 tensors; 0 when undefined."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     norm = a.norm(dim=1) * b.norm(dim=1)
@@ -53,13 +54,13 @@ def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
 
 def pearson(a: Tensor, b: Tensor) -> Tensor:
     """Pearson correlation per sample; 0 when either map is constant."""
-    return _pearson_rows(*_pair(a, b)).cpu()
+    return pearson_rows(*_pair(a, b)).cpu()
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation per sample (ties share average ranks); 0 when either map is constant."""
     a, b = _pair(a, b)
-    return _pearson_rows(average_ranks(a), average_ranks(b)).cpu()
+    return pearson_rows(average_ranks(a), average_ranks(b)).cpu()
 
 
 def top_k_mask(maps: Tensor, fraction: float = 0.1) -> Tensor:

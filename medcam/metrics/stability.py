@@ -15,13 +15,14 @@ The fused map defaults to the per-pixel mean over valid views.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from medcam.errors import UserError
-from medcam.metrics.similarity import spearman, top_k_iou
+from medcam.metrics.similarity import average_ranks, pearson_rows, spearman, top_k_iou, top_k_mask
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,44 @@ def stability(
         top_k_iou=(ious * counted).sum(dim=0) / per,
         spearman=(rhos * counted).sum(dim=0) / per,
     )
+
+
+def mean_variance(std: Tensor, count: Tensor) -> Tensor:
+    """Mean over pixels seen by at least one view of the variance ``std ** 2``, ``(N,)``.
+
+    For fused results that already carry the per-pixel standard deviation and the
+    number of valid views (RobustCAM's ``uncertainty`` and ``valid_views``).
+    """
+    seen = count > 0
+    variance = std.double().pow(2) * seen
+    return (variance.flatten(1).sum(dim=1) / seen.flatten(1).sum(dim=1).clamp_min(1)).cpu()
+
+
+def view_agreement(
+    views: Tensor, reference: Tensor, valid: Tensor | None = None, fraction: float = 0.1
+) -> tuple[Tensor, Tensor]:
+    """Top-``fraction`` IoU and Spearman rho of each view ``(V, *spatial)`` with one ``reference``.
+
+    Each view is compared over its own valid pixels. The reference is ranked once for
+    all fully valid views (the common case: one sort of a 3D volume instead of V).
+    Returns two ``(V,)`` float64 tensors; a view without valid pixels gets NaN and 0.
+    """
+    flat = views.detach().double().flatten(1)
+    ref = reference.detach().to(flat.device).double().flatten().unsqueeze(0)
+    mask = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.to(flat.device).bool().flatten(1)
+    ious = torch.full((flat.shape[0],), math.nan, dtype=torch.float64)
+    rhos = torch.zeros(flat.shape[0], dtype=torch.float64)
+    whole = mask.all(dim=1)
+    if bool(whole.any()):
+        rows = flat[whole]
+        ref_top = top_k_mask(ref, fraction)
+        top = top_k_mask(rows, fraction)
+        ious[whole.cpu()] = ((top & ref_top).sum(1).double() / (top | ref_top).sum(1).double()).cpu()
+        ranks = average_ranks(rows)
+        rhos[whole.cpu()] = pearson_rows(ranks, average_ranks(ref).expand_as(ranks)).cpu()
+    for v in torch.nonzero(~whole & mask.any(dim=1)).flatten().tolist():
+        seen = mask[v]
+        a, b = flat[v][seen].unsqueeze(0), ref[0][seen].unsqueeze(0)
+        ious[v] = top_k_iou(a, b, fraction)[0]
+        rhos[v] = spearman(a, b)[0]
+    return ious, rhos
