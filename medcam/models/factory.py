@@ -93,3 +93,27 @@ def build_model(architecture: str, **arguments: Any) -> nn.Module:
         return ARCHITECTURES[architecture](**arguments)
     except TypeError as err:
         raise UserError(f"cannot build {architecture} from arguments {sorted(arguments)}: {err}") from err
+
+
+# layers RobustCAM hooks on each classifier (the last one first): the default CAM layer
+_CLASSIFIER_LAYERS: dict[str, list[str]] = {
+    "torchvision.resnet18": ["layer4"],
+    "torchvision.resnet50": ["layer4"],
+    "torchvision.resnet101": ["layer4"],
+    "torchvision.densenet161": ["features.denseblock4"],
+    "torchvision.efficientnet_b0": ["features.8"],
+    "torchvision.vit_b_16": ["encoder.layers.encoder_layer_11"],
+}
+
+
+def default_cam_layers(architecture: str, model: nn.Module) -> list[str]:
+    """Default layers to explain: a U-Net's bottleneck, a classifier's last feature block."""
+    if architecture in _CLASSIFIER_LAYERS:
+        return list(_CLASSIFIER_LAYERS[architecture])
+    from medcam.models.levels import LevelError, discover_levels
+
+    try:
+        levels = discover_levels(model)
+    except LevelError:
+        return []
+    return [level.path for level in levels if level.name == "bottleneck"]

@@ -30,13 +30,19 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medcam.data.kits import KITS_LABELS, KITS_REGIONS
 from medcam.errors import UserError
 
 # KiTS23's published training case numbers (the test cases 589..698 are hidden)
 KITS_TRAINING_CASES: tuple[int, ...] = (*range(300), *range(400, 589))
-KITS_LABELS: dict[str, int] = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
-# KiTS23 hierarchical evaluation classes (HECs): region name -> label values
-KITS_REGIONS: dict[str, tuple[int, ...]] = {"kidney_and_masses": (1, 2, 3), "masses": (2, 3), "tumor": (2,)}
+__all__ = [
+    "KITS_LABELS",
+    "KITS_REGIONS",
+    "KITS_TRAINING_CASES",
+    "kits_phantom",
+    "write_kits_case",
+    "write_kits_dataset",
+]
 
 DEFAULT_SHAPE: tuple[int, int, int] = (64, 128, 128)
 FULL_SHAPE: tuple[int, int, int] = (200, 512, 512)
