@@ -55,7 +55,8 @@ class LoadRecordd(Transform):
             dtype = np.uint8 if label.size and label.min() >= 0 and label.max() < 256 else np.int64
             record["label"] = MetaTensor(torch.as_tensor(label.astype(dtype)), affine=affine.clone(), meta=dict(meta))
         record.pop("affine", None)
-        return record
+        # batches cannot collate None (e.g. the orientation of a photograph)
+        return {k: v for k, v in record.items() if v is not None}
 
 
 def preprocessing_transforms(

@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from medcam.train.loop import RunResult
 
 
+SMOKE = (
+    "training.epochs=1",
+    "training.steps_per_epoch=2",
+    "training.val_max_cases=1",
+    "dataset.max_cases=2",
+    "training.num_workers=0",
+    "training.threads=1",
+    "training.sw_overlap=0.0",
+)
+
+
 def build_parser(task: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=f"train a medcam {task} model from a YAML config")
     parser.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
@@ -23,6 +34,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
         help="override any config value, e.g. --set training.lr=3e-4 (repeatable)",
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from <output>/last.pt")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="a few steps end to end (1 epoch, 2 steps, 2 training and 1 validation case, 1 thread)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -33,7 +48,8 @@ def run(argv: Sequence[str], task: str) -> RunResult:
     from medcam.train.config import load_config
     from medcam.train.loop import train
 
-    overrides = list(args.overrides)
+    overrides = list(SMOKE) if args.smoke else []
+    overrides += args.overrides
     if args.root:
         overrides.append(f"dataset.root={args.root}")
     if args.output:

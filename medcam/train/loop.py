@@ -175,6 +175,9 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
 
     metrics: dict[str, float] = {}
     started = time.perf_counter()
+    # which training items each rank draws in this run's first epoch (shows the sampler shards the data)
+    sampler.set_epoch(start_epoch)
+    shard = gather_floats([float(i) for i in sampler], ctx)
     for epoch in range(start_epoch, t.epochs):
         epoch_start = time.perf_counter()
         for group in optimizer.param_groups:
@@ -182,7 +185,7 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
         sampler.set_epoch(epoch)
         task.reseed(epoch)
         torch.manual_seed(t.seed + 1000 * epoch + ctx.rank)
-        net.train()
+        task.train_mode(net)
         losses = []
         steps = len(loader) if t.steps_per_epoch is None else min(len(loader), t.steps_per_epoch)
         bar = tqdm(
@@ -239,6 +242,7 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
             "world_size": ctx.world_size,
             "device": str(ctx.device),
             "rank_weight_fingerprints": fingerprints,
+            "rank_first_epoch_items": [[int(i) for i in r] for r in shard],
             "last_metrics": metrics,
         }
         _write_atomic(out / "summary.json", json.dumps(summary, indent=2))

@@ -42,12 +42,9 @@ class Task(ABC):
         self.config = config
         self.dataset = dataset
         self.ctx = ctx
-        self.train_entries = dataset.entries("train")
-        if config.dataset.max_cases is not None:
-            self.train_entries = self.train_entries[: config.dataset.max_cases]
-        self.val_entries = dataset.entries("val")
-        if config.training.val_max_cases is not None:
-            self.val_entries = self.val_entries[: config.training.val_max_cases]
+        self.all_train_entries = dataset.entries("train")
+        self.train_entries = spread(self.all_train_entries, config.dataset.max_cases)
+        self.val_entries = spread(dataset.entries("val"), config.training.val_max_cases)
         if not self.train_entries:
             raise ConfigError(f"{dataset.name} at {dataset.root} has no training cases for this split")
         self._train_transform: Compose | None = None
@@ -93,6 +90,10 @@ class Task(ABC):
             self._train_transform.set_random_state(seed=seed % (2**32))
 
     # -- steps -----------------------------------------------------------------------------
+    def train_mode(self, model: nn.Module) -> None:
+        """Put the network in training mode for an epoch."""
+        model.train()
+
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor: ...
 
@@ -253,6 +254,16 @@ class SegmentationTask(Task):
             cam_layers=layers,
             training=training,
         )
+
+
+def spread(entries: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """At most ``limit`` entries, evenly spaced over the list (so a class-ordered list keeps every class)."""
+    if limit is None or limit >= len(entries):
+        return entries
+    if limit < 1:
+        raise ConfigError(f"a case limit must be at least 1, got {limit}")
+    picks = sorted({round(i * (len(entries) - 1) / max(limit - 1, 1)) for i in range(limit)})
+    return [entries[i] for i in picks]
 
 
 def plain(x: Any) -> Tensor:
