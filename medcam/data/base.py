@@ -13,11 +13,23 @@ RAS+ millimetres (identity-like for 2D photographs).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from medcam.data.nifti import DatasetError
 from medcam.data.splits import SPLITS
+
+
+def regions_class_order(regions: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
+    """nnU-Net's ``regions_class_order`` for regions listed from broad to narrow: each region
+    paints the label values it adds over the next region (their smallest), e.g. KiTS -> (1, 3, 2)."""
+    sets = [set(v) for v in regions.values()]
+    order = []
+    for i, values in enumerate(sets):
+        own = values - sets[i + 1] if i + 1 < len(sets) else values
+        order.append(min(own or values))
+    return tuple(order)
 
 
 class Dataset(ABC):
@@ -49,14 +61,8 @@ class Dataset(ABC):
 
     @property
     def regions_class_order(self) -> tuple[int, ...]:
-        """The label each region paints when region outputs become one label map (nnU-Net's
-        ``regions_class_order``): its values minus those of the next, narrower region."""
-        regions = [set(v) for v in self.regions.values()]
-        order = []
-        for i, values in enumerate(regions):
-            own = values - regions[i + 1] if i + 1 < len(regions) else values
-            order.append(min(own or values))
-        return tuple(order)
+        """The label each region paints when region outputs become one label map."""
+        return regions_class_order(self.regions)
 
     @abstractmethod
     def entries(self, split: str | None = None) -> list[dict[str, Any]]:
