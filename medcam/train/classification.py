@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.data import Dataset as MonaiDataset
-from monai.transforms import Compose, RandFlipd
+from monai.transforms import RandFlipd
 from torch import Tensor, nn
 
 from medcam.data.base import Dataset
@@ -111,7 +110,7 @@ class ClassificationTask(Task):
             return {}
         was_training = model.training
         model.eval()
-        data = MonaiDataset(self.val_entries, Compose(self.val_transforms()))
+        data = self.val_dataset()
         k = len(self.classes)
         confusion = torch.zeros(k, k, dtype=torch.long)
         losses = []

@@ -212,7 +212,8 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
             score = metrics.get("score", -train_loss)
             if score > best or not (out / "best.pt").is_file():
                 best, best_epoch = score, epoch + 1
-                info = {"epoch": epoch + 1, "val": metrics, "config": config.name, "dataset": config.dataset.kind}
+                val = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}  # strict JSON
+                info = {"epoch": epoch + 1, "val": val, "config": config.name, "dataset": config.dataset.kind}
                 save_checkpoint(out / "best.pt", model, task.metadata(model, info))
             log.info("epoch %d: loss %.4f %s", epoch + 1, train_loss, metrics)
         seconds = time.perf_counter() - epoch_start

@@ -48,6 +48,7 @@ class Task(ABC):
         if not self.train_entries:
             raise ConfigError(f"{dataset.name} at {dataset.root} has no training cases for this split")
         self._train_transform: Compose | None = None
+        self._val_data: MonaiDataset | None = None
 
     # -- model -----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -82,6 +83,12 @@ class Task(ABC):
             collate_fn=list_data_collate,
         )
         return loader, sampler
+
+    def val_dataset(self) -> MonaiDataset:
+        """Validation cases after the deterministic preprocessing (cached after the first call if ``cache``)."""
+        if self._val_data is None:
+            self._val_data = self._dataset(self.val_entries, self.val_transforms())
+        return self._val_data
 
     def reseed(self, epoch: int) -> None:
         """Make an epoch's augmentation a function of (seed, epoch, rank), so resuming replays it."""
@@ -217,7 +224,7 @@ class SegmentationTask(Task):
             return {}
         model.eval()
         per_case: dict[str, list[float]] = {}
-        data = MonaiDataset(self.val_entries, Compose(self.val_transforms()))
+        data = self.val_dataset()
         for index in range(len(data)):
             record = data[index]
             image = record["image"].as_tensor()[None].to(self.ctx.device)
