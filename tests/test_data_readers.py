@@ -146,6 +146,18 @@ def test_orientation_transform_restores_ipl_from_a_ras_copy(kits_root, tmp_path)
     np.testing.assert_allclose(out["image"].affine.numpy(), src.affine, atol=1e-4)
 
 
+def test_kits_slices_are_axial_also_from_a_ras_copy(kits_root, tmp_path):
+    folder = tmp_path / "ras" / "case_00000"
+    folder.mkdir(parents=True)
+    for name in ("imaging.nii.gz", "segmentation.nii.gz"):
+        nib.save(nib.as_closest_canonical(nib.load(kits_root / "case_00000" / name)), folder / name)
+    original = KiTS23Slices(kits_root).load({"case_id": "case_00000", "slice": 7})
+    ras = KiTS23Slices(tmp_path / "ras").load({"case_id": "case_00000", "slice": 7})
+    np.testing.assert_array_equal(ras["image"], original["image"])
+    np.testing.assert_array_equal(ras["label"], original["label"])
+    assert ras["orientation"] == "IPL"
+
+
 # -- OPG ----------------------------------------------------------------------------------------
 
 

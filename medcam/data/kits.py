@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medcam.data.base import Dataset
-from medcam.data.nifti import DatasetError, load_pair
+from medcam.data.nifti import DatasetError, load_pair, reorient
 from medcam.data.splits import random_split
 
 KITS_LABELS: dict[str, int] = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
@@ -136,7 +136,8 @@ class KiTS23Slices(Dataset):
         return self.volumes.regions
 
     def _read_volume(self, case_id: str) -> dict[str, Any]:
-        return self.volumes.load(self.volumes._entry(case_id))
+        # slices are axial only in KiTS's own IPL axes: bring any other storage order there first
+        return reorient(self.volumes.load(self.volumes._entry(case_id)), "IPL")
 
     def entries(self, split: str | None = None) -> list[dict[str, Any]]:
         out = []

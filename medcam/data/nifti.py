@@ -117,3 +117,25 @@ def load_pair(
         record["label"] = np.asarray(label)[None]
         record["label_path"] = str(label_path)
     return record
+
+
+def reorient(record: dict[str, Any], codes: str) -> dict[str, Any]:
+    """The record with ``image``/``label`` axes permuted and flipped to orientation ``codes`` (e.g. "IPL")."""
+    import nibabel as nib
+    from nibabel import orientations as ornt
+
+    current = ornt.io_orientation(record["affine"])
+    target = ornt.axcodes2ornt(tuple(codes))
+    transform = ornt.ornt_transform(current, target)
+    if np.array_equal(transform, [[i, 1] for i in range(len(codes))]):
+        return record
+    out = dict(record)
+    for key in ("image", "label"):
+        if key in record:
+            out[key] = np.stack([ornt.apply_orientation(c, transform) for c in record[key]])
+    shape = record["image"].shape[1:]
+    affine = record["affine"] @ ornt.inv_ornt_aff(transform, shape)
+    out.update(geometry(affine, out["image"].shape[1:]))
+    if "".join(nib.aff2axcodes(affine)) != codes:  # pragma: no cover - nibabel guarantees this
+        raise DatasetError(f"could not reorient {record.get('image_path')} to {codes}")
+    return out
