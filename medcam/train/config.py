@@ -73,6 +73,7 @@ class TrainingConfig:
     patch_size: tuple[int, ...] | None = None  # random crops around foreground; None = whole image
     samples_per_image: int = 2
     pos_neg: tuple[float, float] = (2.0, 1.0)  # foreground:background crop centre ratio
+    crop_ratios: tuple[float, ...] | None = None  # per-label crop centre ratios instead of pos_neg
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     intensity_augmentation: bool = True  # random intensity scale/shift (training only)

@@ -16,6 +16,7 @@ from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.data import Dataset as MonaiDataset
 from monai.transforms import (
     Compose,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandScaleIntensityd,
@@ -155,18 +156,36 @@ class SegmentationTask(Task):
         t = self.config.training
         out: list[Any] = self._deterministic()
         if t.patch_size is not None:
-            pos, neg = t.pos_neg
-            out += [
-                SpatialPadd(keys=["image", "label"], spatial_size=t.patch_size),
-                RandCropByPosNegLabeld(
-                    keys=["image", "label"],
-                    label_key="label",
-                    spatial_size=t.patch_size,
-                    pos=pos,
-                    neg=neg,
-                    num_samples=t.samples_per_image,
-                ),
-            ]
+            out.append(SpatialPadd(keys=["image", "label"], spatial_size=t.patch_size))
+            if t.crop_ratios is not None:
+                # crop centres drawn per class with these ratios (oversampling small classes, like nnU-Net)
+                if len(t.crop_ratios) != len(self.dataset.labels):
+                    raise ConfigError(
+                        f"training.crop_ratios has {len(t.crop_ratios)} values for {len(self.dataset.labels)} labels"
+                    )
+                out.append(
+                    RandCropByLabelClassesd(
+                        keys=["image", "label"],
+                        label_key="label",
+                        spatial_size=t.patch_size,
+                        ratios=list(t.crop_ratios),
+                        num_classes=len(self.dataset.labels),
+                        num_samples=t.samples_per_image,
+                        warn=False,
+                    )
+                )
+            else:
+                pos, neg = t.pos_neg
+                out.append(
+                    RandCropByPosNegLabeld(
+                        keys=["image", "label"],
+                        label_key="label",
+                        spatial_size=t.patch_size,
+                        pos=pos,
+                        neg=neg,
+                        num_samples=t.samples_per_image,
+                    )
+                )
         if t.intensity_augmentation:
             out += [
                 RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
