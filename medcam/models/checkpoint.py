@@ -153,3 +153,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
         first = str(err).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit {meta.architecture} ({first})") from err
     return ModelBundle(model.to(device).eval(), meta)
+
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo_unet3d.pt"
+
+
+def load_demo_model(device: str | torch.device = "cpu") -> ModelBundle:
+    """The shipped demo: a small 3D U-Net trained on the KiTS-like phantom (see docs/training.md)."""
+    if not DEMO_CHECKPOINT.is_file():
+        raise CheckpointError(f"the demo model {DEMO_CHECKPOINT} is missing; reinstall medcam (it is package data)")
+    return load_checkpoint(DEMO_CHECKPOINT, device)

@@ -43,9 +43,9 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
         try:
             model = tvm.get_model(name, weights=weights, **kwargs)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
-            raise RuntimeError(
-                f"could not download the ImageNet weights of {name} ({err}); train with pretrained: false "
-                "or run once with a network to fill torch's cache"
+            raise UserError(
+                f"could not get the ImageNet weights of {name} ({type(err).__name__}: {err}); without a network, "
+                "set pretrained: false, or run once with a network to fill torch's cache (~/.cache/torch)"
             ) from err
         replace_head(model, num_classes)
         return model
@@ -53,9 +53,20 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
     return build
 
 
+HEAD_NAMES = ("fc", "classifier", "heads")
+
+
+def head_name(model: nn.Module) -> str:
+    """Name of a torchvision classifier's head module (``fc``, ``classifier`` or ``heads``)."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise UserError(f"cannot find the classification head of {type(model).__name__} (looked for {HEAD_NAMES})")
+
+
 def replace_head(model: nn.Module, num_classes: int) -> None:
     """Swap a torchvision classifier's last linear layer for one with ``num_classes`` outputs."""
-    for owner_name in ("fc", "classifier", "heads"):
+    for owner_name in HEAD_NAMES:
         owner = getattr(model, owner_name, None)
         if isinstance(owner, nn.Linear):
             setattr(model, owner_name, nn.Linear(owner.in_features, num_classes))
@@ -93,3 +104,27 @@ def build_model(architecture: str, **arguments: Any) -> nn.Module:
         return ARCHITECTURES[architecture](**arguments)
     except TypeError as err:
         raise UserError(f"cannot build {architecture} from arguments {sorted(arguments)}: {err}") from err
+
+
+# layers RobustCAM hooks on each classifier (the last one first): the default CAM layer
+_CLASSIFIER_LAYERS: dict[str, list[str]] = {
+    "torchvision.resnet18": ["layer4"],
+    "torchvision.resnet50": ["layer4"],
+    "torchvision.resnet101": ["layer4"],
+    "torchvision.densenet161": ["features.denseblock4"],
+    "torchvision.efficientnet_b0": ["features.8"],
+    "torchvision.vit_b_16": ["encoder.layers.encoder_layer_11"],
+}
+
+
+def default_cam_layers(architecture: str, model: nn.Module) -> list[str]:
+    """Default layers to explain: a U-Net's bottleneck, a classifier's last feature block."""
+    if architecture in _CLASSIFIER_LAYERS:
+        return list(_CLASSIFIER_LAYERS[architecture])
+    from medcam.models.levels import LevelError, discover_levels
+
+    try:
+        levels = discover_levels(model)
+    except LevelError:
+        return []
+    return [level.path for level in levels if level.name == "bottleneck"]

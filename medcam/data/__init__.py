@@ -1,0 +1,1 @@
+"""Dataset readers (real on-disk layouts) and synthetic generators that write those layouts."""

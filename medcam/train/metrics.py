@@ -1,0 +1,46 @@
+"""Dice per class and per region on hard predictions, the way KiTS-style evaluation reports them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def dice(pred: Tensor, truth: Tensor) -> float:
+    """Dice of two boolean masks; NaN when the truth is empty and so is the prediction
+    (nothing to find, nothing found: left out of averages), 0 when only the truth is empty."""
+    p, t = pred.bool(), truth.bool()
+    total = int(p.sum()) + int(t.sum())
+    if total == 0:
+        return math.nan
+    return 2.0 * int((p & t).sum()) / total
+
+
+def label_dice(
+    pred: Tensor, truth: Tensor, labels: Mapping[str, int], ignore_index: int | None = None
+) -> dict[str, float]:
+    """Dice per named label value (background excluded) between two label maps."""
+    valid = torch.ones_like(truth, dtype=torch.bool) if ignore_index is None else truth != ignore_index
+    return {
+        name: dice((pred == value) & valid, (truth == value) & valid)
+        for name, value in labels.items()
+        if name != "background"
+    }
+
+
+def region_dice(pred: Tensor, truth: Tensor, regions: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Dice per region (e.g. KiTS HECs), each region being the union of its label values."""
+    out = {}
+    for name, values in regions.items():
+        v = torch.as_tensor(list(values), device=pred.device)
+        out[name] = dice(torch.isin(pred, v), torch.isin(truth, v))
+    return out
+
+
+def nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
