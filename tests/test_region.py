@@ -153,13 +153,16 @@ def test_scorecam_segmentation_target_uses_the_mean_probability_over_m() -> None
 
     torch.manual_seed(0)
     model = UNet(2, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
-    x = small_input(2, size=16)
-    mask = torch.zeros(16, 16, dtype=torch.bool)
-    mask[2:9, 5:12] = True
+    x = small_input(2, batch=2, size=16)
+    # a different M per sample: scores are read inside the union of their bounding boxes
+    mask = torch.zeros(2, 16, 16, dtype=torch.bool)
+    mask[0, 2:9, 5:12] = True
+    mask[1, 11:14, 0:3] = True
     layer = "model.1.submodule.0"  # the middle encoder level, 8 channels at 8x8
     exp = medcam.explain(model, x, "scorecam", target=medcam.SegmentationTarget(2, pixels=mask), layers=layer)
-    expected = reference_scorecam(model, x, layer, 2, mask=mask.float())
-    torch.testing.assert_close(exp.map[0], expected, atol=TOL, rtol=0)
+    for n in range(2):
+        expected = reference_scorecam(model, x[n : n + 1], layer, 2, mask=mask[n].float())
+        torch.testing.assert_close(exp.map[n], expected, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize(("dims", "seed", "classes"), [(2, 3, [1, 2]), (3, 3, [0, 0])])
@@ -206,13 +209,16 @@ def test_batching_gives_the_same_maps(method: str) -> None:
     # seed 3: every group of Group-CAM beats the blur (its fallback divides tiny differences)
     model, x = small_classifier(2), small_input(2, batch=2, size=16, seed=3)
     target = medcam.ClassTarget([1, 2])
+    # Group-CAM weighs groups by p(masked) - p(blur), here ~1e-3: the float32 rounding
+    # of a forward pass in another batch composition (~1e-7) is amplified ~100x
+    tol = 5e-5 if method == "groupcam" else TOL
     reference = medcam.explain(model, x, method, target=target, layers="features", batch_size=1)
     for batch_size in (3, 64):
         other = medcam.explain(model, x, method, target=target, layers="features", batch_size=batch_size)
-        torch.testing.assert_close(other.map, reference.map, atol=TOL, rtol=0)
+        torch.testing.assert_close(other.map, reference.map, atol=tol, rtol=0)
     for n, cls in enumerate([1, 2]):
         alone = medcam.explain(model, x[n : n + 1], method, target=cls, layers="features", batch_size=5)
-        torch.testing.assert_close(alone.map[0], reference.map[n], atol=TOL, rtol=0)
+        torch.testing.assert_close(alone.map[0], reference.map[n], atol=tol, rtol=0)
 
 
 def test_memory_layouts_give_the_same_map() -> None:

@@ -16,6 +16,7 @@ from medcam.core.perturbation import (
     gaussian_blur,
     gaussian_kernel,
     mask_to_input,
+    resize,
     scaled_blur_parameters,
 )
 from medcam.errors import UserError
@@ -104,3 +105,16 @@ def test_batch_ranges_cover_everything_once() -> None:
     assert batch_count(10, 4) == 3 and batch_count(0, 4) == 0
     with pytest.raises(UserError, match="batch_size"):
         list(batch_ranges(3, 0))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "size"), [((3, 7, 7), (224, 224)), ((2, 4, 3, 5), (16, 9, 21)), ((2, 6), (13,)), ((1, 9, 9), (4, 5))]
+)
+def test_separable_resize_matches_f_interpolate(shape, size, align_corners: bool) -> None:
+    import torch.nn.functional as F
+
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    expected = F.interpolate(maps[:, None], size=size, mode=mode, align_corners=align_corners)[:, 0]
+    torch.testing.assert_close(resize(maps, size, align_corners=align_corners), expected, atol=1e-6, rtol=0)

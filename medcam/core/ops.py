@@ -54,20 +54,19 @@ def normalize(maps: Tensor, mode: Normalization) -> Tensor:
     raise UserError(f"normalize={mode!r} is not known; use one of {NORMALIZATIONS}")
 
 
-def upsample(maps: Tensor, size: tuple[int, ...], *, align_corners: bool = False) -> Tensor:
+def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     """Resize ``(N, *spatial)`` maps to ``size`` with (bi/tri)linear interpolation.
 
     ``align_corners=False`` places voxel centres the way the input grid does, so a
     map from a strided layer lines up with the input (the convention of MONAI and
-    pytorch-grad-cam). ``True`` only reproduces code that upsamples with
-    ``nn.UpsamplingBilinear2d`` (pytorch-grad-cam's Score-CAM masks).
+    pytorch-grad-cam).
     """
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     ndim = len(size)
     if ndim not in _INTERPOLATION:
         raise UserError(f"maps with {ndim} spatial dimensions cannot be upsampled; use 1, 2 or 3")
-    resized = F.interpolate(maps.unsqueeze(1), size=size, mode=_INTERPOLATION[ndim], align_corners=align_corners)
+    resized = F.interpolate(maps.unsqueeze(1), size=size, mode=_INTERPOLATION[ndim], align_corners=False)
     return resized.squeeze(1)
 
 

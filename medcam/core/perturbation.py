@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medcam.core.ops import minmax, upsample
 from medcam.errors import UserError
 
 Baseline = Literal["zeros", "min", "blur"]
@@ -115,10 +114,59 @@ def baseline_image(x: Tensor, kind: str) -> Tensor:
     raise UserError(f"baseline={kind!r} is not known; use one of {BASELINES}")
 
 
+def interpolation_matrix(n_in: int, n_out: int, *, align_corners: bool, device: torch.device | None = None) -> Tensor:
+    """The ``(n_out, n_in)`` weights of 1D linear interpolation, as ``F.interpolate`` computes them.
+
+    ``align_corners=False``: source ``(i + 0.5) n_in / n_out - 0.5``, clamped at 0;
+    ``True``: source ``i (n_in - 1) / (n_out - 1)``. Two neighbours per output, the
+    upper one clamped at the border.
+    """
+    out = torch.arange(n_out, dtype=torch.float64)
+    if align_corners:
+        source = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(out)
+    else:
+        source = ((out + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    lower = source.floor().long().clamp_max(n_in - 1)
+    upper = (lower + 1).clamp_max(n_in - 1)
+    frac = source - lower
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    matrix.index_put_((rows, lower), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, upper), frac, accumulate=True)
+    return matrix.to(device=device, dtype=torch.float32)
+
+
+def resize(maps: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
+    """Linear resize of ``(Q, *spatial)`` maps to ``size``, one axis at a time.
+
+    The same weights as (bi/tri)linear ``F.interpolate`` (equal up to float rounding),
+    but as small matrix products: several times faster on CPU for 3D masks.
+    """
+    out = maps.float()
+    for axis, n_out in enumerate(size, start=1):
+        n_in = out.shape[axis]
+        if n_in == n_out:
+            continue
+        matrix = interpolation_matrix(n_in, n_out, align_corners=align_corners, device=out.device)
+        out = torch.matmul(out.movedim(axis, -1), matrix.T).movedim(-1, axis)
+    return out.contiguous()
+
+
 def mask_to_input(masks: Tensor, size: tuple[int, ...], *, normalize: bool, align_corners: bool = False) -> Tensor:
     """Masks ``(Q, *s)`` brought to the input grid ``size``, min-max normalised per mask if asked."""
-    out = upsample(masks.float(), size, align_corners=align_corners)
-    return minmax(out) if normalize else out
+    if masks.ndim - 1 != len(size):
+        raise UserError(f"masks with {masks.ndim - 1} spatial axes cannot be resized to {tuple(size)}")
+    out = resize(masks, size, align_corners=align_corners)
+    if not normalize:
+        return out
+    if out.data_ptr() == masks.data_ptr():  # nothing was resized: never normalise the caller's tensor
+        out = out.clone()
+    # ops.minmax in fewer passes (this runs once per batch of masks): constant masks become 0
+    rows = out.view(out.shape[0], -1)
+    low, high = torch.aminmax(rows, dim=1, keepdim=True)
+    span = high - low
+    scale = torch.where(span > 0, 1 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+    return rows.sub_(low).mul_(scale).view_as(out)
 
 
 def blend(x: Tensor, masks: Tensor, base: Tensor | None) -> Tensor:

@@ -85,7 +85,8 @@ class MaskedInputs:
     ``masks`` ``(Q, *s)`` at any resolution (brought to the input grid batch by batch,
     so the full set never sits in memory at input resolution); ``samples`` ``(Q,)``
     the sample of ``x`` each mask applies to; ``base`` ``(N, C, *S)`` or ``None`` for
-    the all-zeros baseline; ``normalize`` min-max scales each upsampled mask.
+    the all-zeros baseline; ``normalize`` min-max scales each upsampled mask;
+    ``logits`` asks for the target's logit score as well as its probability.
     """
 
     masks: Tensor
@@ -93,6 +94,7 @@ class MaskedInputs:
     base: Tensor | None = None
     normalize: bool = True
     align_corners: bool = False
+    logits: bool = False
 
     def __len__(self) -> int:
         return int(self.samples.numel())
@@ -100,10 +102,10 @@ class MaskedInputs:
 
 @dataclass(frozen=True)
 class Scores:
-    """Scores of masked inputs: ``probability`` (the target's) and ``logit`` (its differentiable score)."""
+    """Scores of masked inputs: ``probability`` (the target's) and ``logit`` (its score, if asked)."""
 
     probability: Tensor
-    logit: Tensor
+    logit: Tensor | None
 
 
 class ScoreQueue:
@@ -127,7 +129,7 @@ class ScoreQueue:
         check_region_options(batch_size, precision, memory_format)
         self.probe = probe
         self.x = x.detach().to(probe.device)
-        self.target = target
+        self.target, self._crop = _cropped_to_pixel_set(target)
         self.batch_size = batch_size
         self.dtype = autocast_dtype(probe.device, precision)
         self.layout = self._layout(memory_format, self.x.ndim)
@@ -162,7 +164,7 @@ class ScoreQueue:
             self._pending.append((ticket, inputs))
         else:
             empty = torch.empty(0, device=self.probe.device)
-            self._done[ticket] = Scores(empty, empty)
+            self._done[ticket] = Scores(empty, empty if inputs.logits else None)
         return ticket
 
     def __getitem__(self, ticket: int) -> Scores:
@@ -177,12 +179,12 @@ class ScoreQueue:
         if not total:
             return
         probability = torch.empty(total, device=self.probe.device)
-        logit = torch.empty(total, device=self.probe.device)
+        logit = torch.full((total,), float("nan"), device=self.probe.device)
         offsets = [0]
         for _, job in jobs:
             offsets.append(offsets[-1] + len(job))
         for batch in batch_ranges(total, self.batch_size):
-            parts, samples = [], []
+            parts, samples, logits = [], [], False
             for (_, job), start in zip(jobs, offsets, strict=False):
                 lo, hi = max(batch.start, start), min(batch.stop, start + len(job))
                 if lo >= hi:
@@ -198,12 +200,14 @@ class ScoreQueue:
                 base = None if job.base is None else job.base[index]
                 parts.append(blend(self.x[index], masks, base))
                 samples.append(index)
-            output = self._forward(torch.cat(parts))
+                logits = logits or job.logits
+            output = self._forward(torch.cat(parts))[self._crop]
             target = self.target.select(torch.cat(samples).to(self.target.classes.device))
             probability[batch] = target.probability(output).to(probability.device)
-            logit[batch] = target.score(output).to(logit.device)
-        for (ticket, _), start, stop in zip(jobs, offsets, offsets[1:], strict=False):
-            self._done[ticket] = Scores(probability[start:stop], logit[start:stop])
+            if logits:
+                logit[batch] = target.score(output).to(logit.device)
+        for (ticket, job), start, stop in zip(jobs, offsets, offsets[1:], strict=False):
+            self._done[ticket] = Scores(probability[start:stop], logit[start:stop] if job.logits else None)
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if self.dtype is None:
@@ -224,6 +228,24 @@ class ScoreQueue:
                     logger.info("the model rejects channels-last inputs; scoring with contiguous inputs")
                     self.layout = torch.contiguous_format
             return self.probe.forward(inputs).float()
+
+
+def _cropped_to_pixel_set(target: BoundTarget) -> tuple[BoundTarget, tuple[slice, ...]]:
+    """The target restricted to the bounding box of M (over all samples), and that crop of the output.
+
+    A segmentation score only reads pixels in M and every per-pixel probability depends
+    on that pixel's logits alone, so scoring the crop is exact and skips the softmax
+    over the rest of the volume.
+    """
+    if target.mask is None:
+        return target, (slice(None),)
+    covered = target.mask.any(dim=0)
+    box = []
+    for axis in range(covered.ndim):
+        hits = covered.any(dim=tuple(a for a in range(covered.ndim) if a != axis)).nonzero().flatten()
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    crop = (slice(None), slice(None), *box)
+    return target.with_mask(target.mask[(slice(None), *box)]), crop
 
 
 def upsampled_weighted_sum(
@@ -379,7 +401,7 @@ class ScoreCAM(RegionMethod):
                 layer["scored"] += unique.shape[0]
                 masks = unique.view(-1, *acts.shape[2:])
                 samples = torch.full((masks.shape[0],), n, dtype=torch.long)
-                ticket = queue.add(MaskedInputs(masks, samples, None, normalize=True, align_corners=pgc))
+                ticket = queue.add(MaskedInputs(masks, samples, None, align_corners=pgc, logits=pgc))
                 plans[alias].append((channels, inverse, ticket))
             stats[alias] = layer
         self._stats = {"layers": stats}
@@ -392,7 +414,7 @@ class ScoreCAM(RegionMethod):
                     if channels.numel() == 0:
                         continue
                     scores = queue[ticket]
-                    if pgc:
+                    if scores.logit is not None:  # softmax_over_channels
                         weights[n, channels] = scores.logit[inverse].to(weights.device).softmax(dim=0)
                     else:
                         weights[n, channels] = scores.probability[inverse].to(weights.device)
