@@ -118,7 +118,7 @@ def test_softmax_over_channels_matches_pytorch_grad_cam() -> None:
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))  # layer4: 2x2
     with ScoreCAM(model=model, target_layers=[model.layer4]) as cam:
         cam.batch_size = 64
         reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
