@@ -13,6 +13,7 @@ forward passes more than its region method.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,11 +130,12 @@ class EnsembleMethod(CAMMethod):
             memory_format=self.memory_format,
         )
         contributions = _Contributions(queue, self.baseline)
-        maps, extras, stats = self.ensemble(capture, queue, contributions, region, post)
-        stats.update(region.stats())
+        stats: dict[str, Any] = {}
+        maps, extras = self.ensemble(capture, queue, contributions, region, post, stats)
         stats.update(forward_passes=queue.forwards + 1, scored_inputs=queue.images, precision=queue.precision)
         return MethodResult(maps, capture.target, capture.output, extras=extras, stats=stats)
 
+    @abstractmethod
     def ensemble(
         self,
         capture: Capture,
@@ -141,9 +143,9 @@ class EnsembleMethod(CAMMethod):
         contributions: _Contributions,
         region: RegionMethod,
         post: PostProcessing,
-    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """Maps, extras and stats; implemented by each ensemble."""
-        raise NotImplementedError
+        stats: dict[str, Any],
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """Maps and extras, diagnostics into ``stats``; implemented by each ensemble."""
 
 
 def _as_list(values: Tensor) -> list[float]:
@@ -200,12 +202,13 @@ class FusionCAM(EnsembleMethod):
         contributions: _Contributions,
         region: RegionMethod,
         post: PostProcessing,
-    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]], dict[str, Any]]:
+        stats: dict[str, Any],
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
         gradient_maps = GRADIENT_PARTS[self.gradient]().maps(capture, queue.size, INTERNAL)
         denoised = {a: denoise_below_percentile(m, self.theta) for a, m in gradient_maps.items()}
         # the denoised maps and the baseline ride along with the region method's batches
         denoised_tickets = {a: contributions.add(m) for a, m in denoised.items()}
-        finish_region = region.submit(capture, queue, INTERNAL)
+        finish_region = region.submit(capture, queue, INTERNAL, stats)
         queue.run()
         region_maps = finish_region()
         region_tickets = {a: contributions.add(m) for a, m in region_maps.items()}
@@ -230,7 +233,8 @@ class FusionCAM(EnsembleMethod):
             fused, agreement[alias] = similarity_fusion(b_gr * combined[alias], b_r * region_maps[alias])
             maps[alias] = normalize(fused, post.normalization)
             betas[alias]["combined"] = _as_list(beta_gr)
-        return maps, {"agreement": agreement}, {"betas": betas}
+        stats["betas"] = betas
+        return maps, {"agreement": agreement}
 
 
 def contributions_as_weights(first: Tensor, second: Tensor, *, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -288,7 +292,8 @@ class UnionCAM(EnsembleMethod):
         contributions: _Contributions,
         region: RegionMethod,
         post: PostProcessing,
-    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]], dict[str, Any]]:
+        stats: dict[str, Any],
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
         if capture.gradients is None:
             raise RuntimeError("Union-CAM needs a captured pass with gradients")
         gradient_maps = {
@@ -296,7 +301,7 @@ class UnionCAM(EnsembleMethod):
             for a, acts in capture.activations.items()
         }
         gradient_tickets = {a: contributions.add(m) for a, m in gradient_maps.items()}
-        finish_region = region.submit(capture, queue, INTERNAL)
+        finish_region = region.submit(capture, queue, INTERNAL, stats)
         queue.run()
         region_maps = finish_region()
         region_tickets = {a: contributions.add(m) for a, m in region_maps.items()}
@@ -318,4 +323,5 @@ class UnionCAM(EnsembleMethod):
             pick = per_sample(better.float(), combined[alias]) > 0
             maps[alias] = normalize(torch.where(pick, combined[alias], region_maps[alias]), post.normalization)
             chosen[alias] = ["combined" if b else "region" for b in better.tolist()]
-        return maps, {}, {"chosen": chosen}
+        stats["chosen"] = chosen
+        return maps, {}

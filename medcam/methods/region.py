@@ -298,12 +298,11 @@ class RegionMethod(CAMMethod):
         return self.needs_gradients
 
     @abstractmethod
-    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing) -> Finisher:
-        """Queue this method's masked inputs; the returned callable gives maps ``(N, *S)`` per layer."""
+    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
+        """Queue this method's masked inputs; the returned callable gives maps ``(N, *S)`` per layer.
 
-    def stats(self) -> dict[str, Any]:
-        """Diagnostics of the last :meth:`submit` (channels skipped, inputs scored)."""
-        return dict(getattr(self, "_stats", {}))
+        Diagnostics (channels skipped, fallbacks) go into ``stats`` under ``"layers"``.
+        """
 
     def run(
         self,
@@ -322,11 +321,11 @@ class RegionMethod(CAMMethod):
             precision=self.precision,
             memory_format=self.memory_format,
         )
-        finish = self.submit(capture, queue, post)
+        stats: dict[str, Any] = {}
+        finish = self.submit(capture, queue, post, stats)
         queue.run()
         maps = finish()
-        stats = {**self.stats(), "forward_passes": queue.forwards + 1, "scored_inputs": queue.images}
-        stats["precision"] = queue.precision
+        stats.update(forward_passes=queue.forwards + 1, scored_inputs=queue.images, precision=queue.precision)
         return MethodResult(maps, capture.target, capture.output, stats=stats)
 
 
@@ -385,10 +384,10 @@ class ScoreCAM(RegionMethod):
     def uses_gradients(self) -> bool:
         return self.max_channels is not None
 
-    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing) -> Finisher:
+    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         pgc = self.weights == "softmax_over_channels"
         plans: dict[str, list[tuple[Tensor, Tensor, int]]] = {}
-        stats: dict[str, dict[str, int]] = {}
+        layers: dict[str, dict[str, int]] = stats.setdefault("layers", {})
         for alias, acts in capture.activations.items():
             rows, constant = _normalised_channels(acts)
             chosen = self._chosen_channels(capture, alias, acts)
@@ -405,8 +404,7 @@ class ScoreCAM(RegionMethod):
                 samples = torch.full((masks.shape[0],), n, dtype=torch.long)
                 ticket = queue.add(MaskedInputs(masks, samples, None, align_corners=pgc, logits=pgc))
                 plans[alias].append((channels, inverse, ticket))
-            stats[alias] = layer
-        self._stats = {"layers": stats}
+            layers[alias] = layer
 
         def finish() -> dict[str, Tensor]:
             maps = {}
@@ -484,7 +482,7 @@ class GroupCAM(RegionMethod):
         chunks = torch.tensor_split(weighted, min(self.groups, acts.shape[1]), dim=1)
         return torch.stack([chunk.sum(dim=1) for chunk in chunks], dim=1).clamp_min(0)
 
-    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing) -> Finisher:
+    def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         if capture.gradients is None:
             raise RuntimeError("Group-CAM needs a captured pass with gradients")
         count = queue.x.shape[0]
@@ -493,7 +491,7 @@ class GroupCAM(RegionMethod):
         everyone = torch.arange(count)
         base_ticket = queue.add(MaskedInputs(torch.zeros(count, *spatial_ones), everyone, blurred, normalize=False))
         plans: dict[str, list[tuple[Tensor, int]]] = {}
-        stats: dict[str, dict[str, int]] = {}
+        layers: dict[str, dict[str, int]] = stats.setdefault("layers", {})
         for alias, acts in capture.activations.items():
             groups = self.group_maps(acts, capture.gradients[alias])
             _, constant = _normalised_channels(groups)
@@ -510,8 +508,7 @@ class GroupCAM(RegionMethod):
                     alias,
                     empty,
                 )
-            stats[alias] = {"groups": groups.shape[1], "constant": int(constant.sum()), "empty_samples": len(empty)}
-        self._stats = {"layers": stats}
+            layers[alias] = {"groups": groups.shape[1], "constant": int(constant.sum()), "empty_samples": len(empty)}
 
         def finish() -> dict[str, Tensor]:
             baseline = queue[base_ticket].probability
@@ -530,7 +527,7 @@ class GroupCAM(RegionMethod):
                         alias,
                         fallback,
                     )
-                stats[alias]["no_gain_samples"] = len(fallback)
+                layers[alias]["no_gain_samples"] = len(fallback)
                 maps[alias] = post.apply(torch.stack(raw), queue.size)
             return maps
 
