@@ -11,7 +11,9 @@ from typing import Any
 
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod
+from medcam.methods.fusion import FusionCAM, UnionCAM
 from medcam.methods.gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
+from medcam.methods.region import GroupCAM, ScoreCAM
 from medcam.methods.robust import RobustCAM
 
 METHODS: dict[str, type[CAMMethod]] = {
@@ -20,6 +22,10 @@ METHODS: dict[str, type[CAMMethod]] = {
     GradCAMPlusPlus.name: GradCAMPlusPlus,
     HiResCAM.name: HiResCAM,
     XGradCAM.name: XGradCAM,
+    ScoreCAM.name: ScoreCAM,
+    GroupCAM.name: GroupCAM,
+    UnionCAM.name: UnionCAM,
+    FusionCAM.name: FusionCAM,
     RobustCAM.name: RobustCAM,
 }
 

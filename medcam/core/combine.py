@@ -1,0 +1,82 @@
+"""Pure math that combines maps: percentile denoising, contribution weights, similarity fusion.
+
+The steps of Fusion-CAM (Dekdegue et al. 2026) and Union-CAM (Hu et al. 2024) that
+do not touch the model. Maps are ``(N, *spatial)``; statistics are per sample.
+Formulas: ../shared/METHODS.md, section "Fusion".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from medcam.errors import UserError
+
+
+def percentile(values: Tensor, q: float, *, start_dim: int = 1) -> Tensor:
+    """The ``q``-th percentile (0..100) over the dimensions from ``start_dim``, per leading index.
+
+    Linear interpolation between order statistics, numpy's default. Returns a tensor
+    shaped like ``values`` with the reduced dimensions kept as size 1.
+    """
+    if not 0.0 <= q <= 100.0:
+        raise UserError(f"a percentile must be in [0, 100], got {q}")
+    lead = values.shape[:start_dim]
+    rows = values.reshape(*lead, -1).float()
+    count = rows.shape[-1]
+    position = q / 100.0 * (count - 1)
+    lower = int(position)
+    upper = min(lower + 1, count - 1)
+    low = rows.kthvalue(lower + 1, dim=-1).values
+    high = rows.kthvalue(upper + 1, dim=-1).values if upper != lower else low
+    result = low + (high - low) * (position - lower)
+    return result.reshape(*lead, *([1] * (values.ndim - start_dim))).to(values.dtype)
+
+
+def denoise_below_percentile(maps: Tensor, theta: float) -> Tensor:
+    """Fusion-CAM step 1: pixels below the ``theta``-th percentile of their map become 0.
+
+    ``L_d(p) = L(p)`` if ``L(p) >= T_theta`` else 0, the threshold per sample.
+    """
+    return torch.where(maps >= percentile(maps, theta), maps, torch.zeros_like(maps))
+
+
+def denoise_gradients(gradients: Tensor, q: float = 10.0) -> Tensor:
+    """Union-CAM's gradient denoising: per channel, values below the ``q``-th percentile become 0.
+
+    ``gradients`` is ``(N, K, *spatial)``; the percentile is taken over each channel's map.
+    """
+    threshold = percentile(gradients, q, start_dim=2)
+    return torch.where(gradients >= threshold, gradients, torch.zeros_like(gradients))
+
+
+def contribution_weights(*betas: Tensor) -> tuple[Tensor, ...]:
+    """Clamp contribution scores at 0 and normalise them to sum 1 per sample.
+
+    When every score of a sample is <= 0 each weight is ``1 / len(betas)`` (two maps:
+    0.5 each). The clamp is medcam's deviation from the reference code, in which a
+    negative beta flips its map's sign.
+    """
+    if not betas:
+        raise ValueError("contribution_weights needs at least one score")
+    stacked = torch.stack([b.float() for b in betas]).clamp_min(0)
+    total = stacked.sum(dim=0, keepdim=True)
+    equal = torch.full_like(stacked, 1.0 / len(betas))
+    weights = torch.where(total > 0, stacked / torch.where(total > 0, total, torch.ones_like(total)), equal)
+    return tuple(weights.unbind(0))
+
+
+def per_sample(weights: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars ``(N,)`` shaped to broadcast against maps ``(N, *spatial)``."""
+    return weights.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def similarity_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """Fusion-CAM step 5: pixel-wise agreement ``S`` and the similarity-aware fusion.
+
+    ``S = clip(1 - |L1 - L2|, 0, 1)``; fused ``= S max(L1, L2) + (1 - S)(L1 + L2) / 2``
+    (not normalised). Returns ``(fused, S)``.
+    """
+    agreement = (1 - (first - second).abs()).clamp(0, 1)
+    fused = agreement * torch.maximum(first, second) + (1 - agreement) * (first + second) / 2
+    return fused, agreement
