@@ -37,11 +37,19 @@ def gaussian_kernel(size: int, sigma: float, *, dtype: torch.dtype, device: torc
     return (kernel / kernel.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(x: Tensor, kernel_size: Sequence[int], sigma: Sequence[float]) -> Tensor:
+def gaussian_blur(
+    x: Tensor,
+    kernel_size: Sequence[int],
+    sigma: Sequence[float],
+    padding: Literal["reflect", "replicate"] = "reflect",
+) -> Tensor:
     """Separable Gaussian blur of ``(N, C, *spatial)`` with one kernel size and sigma per axis.
 
-    Borders are reflected (as kornia's ``gaussian_blur2d``, which Group-CAM uses);
-    an axis shorter than half the kernel is padded by replication instead.
+    ``padding="reflect"`` mirrors the borders (kornia's ``gaussian_blur2d``, which
+    Group-CAM uses); an axis shorter than half the kernel is replicated instead.
+    ``"replicate"`` repeats the edge pixels, so a blurred image keeps its intensity at
+    the edges (the metrics' blurred baseline, RobustCAM's blur view). The one blur
+    every medcam module uses.
     """
     spatial = x.shape[2:]
     if len(kernel_size) != len(spatial) or len(sigma) != len(spatial):
@@ -60,8 +68,8 @@ def gaussian_blur(x: Tensor, kernel_size: Sequence[int], sigma: Sequence[float])
         shape = moved.shape
         rows = moved.reshape(-1, 1, shape[-1])
         pad = size // 2
-        rows = F.pad(rows, (pad, pad), mode="reflect" if pad < shape[-1] else "replicate")
-        rows = F.conv1d(rows, kernel.view(1, 1, -1))
+        mode = "reflect" if padding == "reflect" and pad < shape[-1] else "replicate"
+        rows = F.conv1d(F.pad(rows, (pad, pad), mode=mode), kernel.view(1, 1, -1))
         out = rows.reshape(shape).movedim(-1, axis)
     return out
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medcam.core.perturbation import gaussian_blur
 from medcam.errors import UserError
 
 
@@ -305,12 +306,6 @@ class IntensityJitter(View):
         return y
 
 
-def _gaussian_kernel(sigma: float, size: int, like: Tensor) -> Tensor:
-    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return (kernel / kernel.sum()).to(device=like.device, dtype=like.dtype)
-
-
 @dataclass(frozen=True)
 class GaussianBlur(View):
     """Separable Gaussian blur along every spatial axis, replicate padding.
@@ -350,22 +345,11 @@ class GaussianBlur(View):
 
     def apply(self, x: Tensor) -> Tensor:
         sigma = self.value()
-        size = self.kernel_size or 2 * math.ceil(3 * sigma) + 1
-        kernel = _gaussian_kernel(sigma, size, x)
         ndim = x.ndim - 2
-        channels = x.shape[1]
-        conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1] if 1 <= ndim <= 3 else None
-        if conv is None:
+        if not 1 <= ndim <= 3:
             raise ViewError(f"blur works on 1 to 3 spatial axes, the input has {ndim}")
-        y = x
-        for axis in range(ndim):
-            shape = [1] * ndim
-            shape[axis] = size
-            weight = kernel.view(1, 1, *shape).expand(channels, 1, *shape)
-            pad = [0, 0] * ndim
-            pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = size // 2
-            y = conv(F.pad(y, pad, mode="replicate"), weight, groups=channels)
-        return y
+        size = self.kernel_size or 2 * math.ceil(3 * sigma) + 1
+        return gaussian_blur(x, [size] * ndim, [sigma] * ndim, padding="replicate")
 
 
 @dataclass(frozen=True)

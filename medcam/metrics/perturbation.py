@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from medcam.core.perturbation import gaussian_blur as core_blur
 from medcam.errors import UserError
 
 BaselineSpec = str | float | Tensor
@@ -38,35 +38,19 @@ def default_blur_sigma(spatial: tuple[int, ...]) -> float:
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(N, C, *spatial)`` over every spatial axis (1, 2 or 3 D).
+    """Gaussian blur of ``(N, C, *spatial)`` over every spatial axis (1, 2 or 3 D), in float32.
 
-    The kernel reaches ``ceil(2 sigma)`` pixels each way (at most the image side);
-    borders are replicated so the image keeps its mean intensity at the edges.
+    The kernel reaches ``ceil(2 sigma)`` pixels each way; borders are replicated so the
+    image keeps its mean intensity at the edges.
     """
     if sigma <= 0:
         raise UserError(f"blur sigma must be positive, got {sigma}")
     spatial = x.shape[2:]
     if not 1 <= len(spatial) <= 3:
         raise UserError(f"blur needs 1, 2 or 3 spatial dimensions, got {len(spatial)}")
-    out = x.float()
-    n, c = out.shape[:2]
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(spatial)]
-    for axis, side in enumerate(spatial):
-        radius = min(math.ceil(2 * sigma), side - 1)
-        if radius < 1:
-            continue
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        shape = [1] * len(spatial)
-        shape[axis] = kernel.numel()
-        weight = kernel.view(1, 1, *shape).expand(c, 1, *shape)
-        pad = [0, 0] * len(spatial)
-        # F.pad lists the last axis first
-        index = 2 * (len(spatial) - 1 - axis)
-        pad[index] = pad[index + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=c)
-    return out.view(n, c, *spatial).to(x.dtype)
+    size = 2 * math.ceil(2 * sigma) + 1
+    blurred = core_blur(x.float(), [size] * len(spatial), [sigma] * len(spatial), padding="replicate")
+    return blurred.to(x.dtype)
 
 
 def resolve_baseline(x: Tensor, spec: BaselineSpec, *, blur_sigma: float | None = None) -> Tensor:
