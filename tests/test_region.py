@@ -56,21 +56,20 @@ def _resize(a: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 def reference_scorecam(
     model: nn.Module, x: torch.Tensor, layer: str, cls: int, mask: torch.Tensor | None = None, channels=None
 ) -> torch.Tensor:
-    """Score-CAM for one sample, channel by channel (Wang et al. 2020, METHODS.md).
+    """Score-CAM for one sample, channel by channel, literally METHODS.md (Wang et al. 2020):
 
-    The weighted channel sum is post-processed like every medcam map: ReLU, then
-    upsampling, then min-max (pytorch-grad-cam's order too).
+    L = mm(ReLU(sum_k s_k U_k)), U_k the upsampled channel, s_k = p_c(X * mm(U_k)).
     """
     acts, _ = _capture(model, x, layer)
     size = tuple(x.shape[2:])
-    total = torch.zeros(acts.shape[2:])
+    total = torch.zeros(size)
     for k in range(acts.shape[1]) if channels is None else channels:
         up = _resize(acts[:, k : k + 1], size)[0, 0]
         if up.max() == up.min():
             continue
         h = (up - up.min()) / (up.max() - up.min())
-        total += _probability(model, x * h, cls, mask)[0] * acts[0, k]
-    return _mm(_resize(total.clamp_min(0)[None, None], size)[0])[0]
+        total += _probability(model, x * h, cls, mask)[0] * up
+    return _mm(total.clamp_min(0)[None])[0]
 
 
 def reference_groupcam(

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from medcam.core.ops import spatial_dims
+from medcam.core.ops import spatial_dims, upsample
 from medcam.core.perturbation import (
     BLUR_KERNEL,
     BLUR_SIGMA,
@@ -422,6 +422,10 @@ class ScoreCAM(RegionMethod):
                 if blank:
                     logger.warning("Score-CAM at %s: all channels constant in sample(s) %s; map blank", alias, blank)
                 raw = (weights.view(*weights.shape, *([1] * (acts.ndim - 2))) * acts.float()).sum(dim=1)
+                if not pgc:
+                    # METHODS.md: L = mm(ReLU(sum_k s_k U(A_k))) = mm(ReLU(U(sum_k s_k A_k))), U linear;
+                    # the pytorch-grad-cam variant keeps its ReLU before the resize
+                    raw = upsample(raw, queue.size)
                 maps[alias] = post.apply(raw, queue.size)
             return maps
 
