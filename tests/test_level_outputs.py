@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +12,6 @@ import torch
 from PIL import Image
 from volume_phantoms import _nifti, affine_from, kits_checkpoint, kits_phantom, rotation, sphere
 
-import medcam
 from medcam.cli import main
 from medcam.errors import UserError
 from medcam.models.checkpoint import CheckpointMeta, save_checkpoint
@@ -23,7 +19,6 @@ from medcam.models.factory import build_model
 from medcam.pipeline import explain_case
 from medcam.volumes.montage import Montage, render_montage, slice_positions
 
-REPO = Path(medcam.__file__).resolve().parent.parent
 SHAPE = (14, 24, 20)
 # oblique, anisotropic, and a qform that differs from the sform (which wins, code 2)
 SFORM = affine_from(rotation(8, -4, 20), (2.4, 1.1, 0.9), (-30.0, 12.0, 7.5))
@@ -181,19 +176,17 @@ def test_a_reference_is_for_one_image_not_a_batch(
     assert "--reference is one mask for one image" in capsys.readouterr().err
 
 
-def test_medcam_levels_ranks_and_recommends_in_a_subprocess(case: dict[str, Path], tmp_path: Path) -> None:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
-    environment.setdefault("OMP_NUM_THREADS", "1")
+def test_medcam_levels_ranks_and_recommends(
+    case: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ranked"
-    done = subprocess.run(
-        [sys.executable, "-m", "medcam", "levels", "--volume", str(case["image"]), "--model", str(case["model"]),
-         "--class", "kidney", "--reference", f"{case['reference']}:3", "--rank-by", "energy_in_reference",
-         "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, env=environment, timeout=300,
+    code = main(
+        ["levels", "--volume", str(case["image"]), "--model", str(case["model"]), "--class", "kidney",
+         "--reference", f"{case['reference']}:3", "--rank-by", "energy_in_reference", "--out", str(out),
+         "--no-progress"]
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads((out / "summary.json").read_text())
     ranking = summary["levels"]["ranking"]
     assert ranking["by"] == "energy_in_reference"

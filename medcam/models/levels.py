@@ -179,21 +179,21 @@ def _feature_producers(encoder: nn.Module, x: Tensor) -> tuple[list[Tensor], lis
     last to finish is taken: hooking it replaces exactly what the encoder hands on.
     """
     finished: list[tuple[str, Tensor]] = []
-    started: dict[int, list[tuple[Tensor, int]]] = {}
+    # per module, a stack of calls: the (tensor, version) of each tensor input at call time
+    started: dict[int, list[list[tuple[Tensor, int]]]] = {}
     handles = []
 
-    def before(module: nn.Module, inputs: Any) -> None:
-        tensors = [t for t in inputs if isinstance(t, Tensor)] if isinstance(inputs, tuple) else []
-        started.setdefault(id(module), []).append([(t, t._version) for t in tensors])  # type: ignore[arg-type]
+    def before(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        seen = [(t, t._version) for t in inputs if isinstance(t, Tensor)]
+        started.setdefault(id(module), []).append(seen)
 
     def after(path: str) -> Callable[[nn.Module, Any, Any], None]:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             calls = started.get(id(module))
-            seen: list[tuple[Tensor, int]] = calls.pop() if calls else []  # type: ignore[assignment]
+            seen = calls.pop() if calls else []
             if not isinstance(output, Tensor):
                 return
-            passed = any(t is output and t._version == version for t, version in seen)
-            if not passed:
+            if not any(t is output and t._version == version for t, version in seen):
                 finished.append((path, output))
 
         return record
@@ -205,6 +205,12 @@ def _feature_producers(encoder: nn.Module, x: Tensor) -> tuple[list[Tensor], lis
                 handles.append(module.register_forward_hook(after(path)))
         with torch.no_grad(), evaluation_mode(encoder):
             features = list(encoder(x))
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LevelError(
+            f"could not run the smp encoder {type(encoder).__name__} on a {tuple(x.shape)} probe to find its "
+            f"stages ({first}); pass layers=[module paths]"
+        ) from err
     finally:
         for handle in handles:
             handle.remove()
