@@ -280,3 +280,18 @@ def test_info_lists_levels_with_channels_and_resolution(tmp_path: Path, capsys: 
         ("final", "4", "64", "64", "x1"),
     ]
     assert "U-Net levels (--levels, or --levels NAME,...), measured at input 64 x 64:" in out
+
+
+def test_medcam_levels_ranks_module_paths_of_any_network(
+    case: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["levels", "--volume", str(case["image"]), "--model", str(case["model"]), "--class", "kidney",
+         "--reference", f"{case['reference']}:3", "--layer", "model.0,model.1", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sorted(row.split()[1] for row in lines[2:4]) == ["model.0", "model.1"]
+    assert lines[-1].startswith("recommended: model.") and "explain with --layer model." in lines[-1]
+    assert not any(tmp_path.iterdir())  # no --out: nothing written (not even in the working folder)
