@@ -15,6 +15,11 @@ backward as all levels together), all levels in one pass, and one call per level
 
     PYTHONPATH=$PWD python benchmarks/bench_levels.py            # 96^3, 5 repeats
     PYTHONPATH=$PWD python benchmarks/bench_levels.py --quick    # 48^3, 2 repeats
+    PYTHONPATH=$PWD python benchmarks/bench_levels.py --breakdown --methods gradcam
+
+``--breakdown`` adds where the time goes (CPU s of the capture, i.e. forward +
+backward, per hooked set, and of the per-level post-processing) and the peak memory
+of each run in a fresh process.
 
 On a shared machine the CPU-time ratio is the steadier number.
 """
@@ -22,10 +27,14 @@ On a shared machine the CPU-time ratio is the steadier number.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,17 +65,89 @@ def measure(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in runs}
 
 
+def breakdown(
+    model: nn.Module, x: torch.Tensor, target: Any, levels: dict[str, str], method: str, repeats: int
+) -> None:
+    """CPU seconds of the capture (one forward + one backward) per hooked set, and of the post-processing."""
+    from medcam.core.hooks import evaluation_mode
+    from medcam.core.probe import Probe
+    from medcam.methods.base import PostProcessing
+
+    probe, cam, post = Probe(model), medcam.create_method(method), PostProcessing()
+    size = tuple(x.shape[2:])
+    with evaluation_mode(model):
+        capture = probe.capture(x, levels, target, gradients=True)
+        single = {"bottleneck": levels["bottleneck"]}
+        one = probe.capture(x, single, target, gradients=True)
+        runs: dict[str, Callable[[], Any]] = {
+            "capture: bottleneck": partial(probe.capture, x, single, target, gradients=True),
+            "capture: enc0": partial(probe.capture, x, {"enc0": levels["enc0"]}, target, gradients=True),
+            "capture: all levels": partial(probe.capture, x, levels, target, gradients=True),
+            "post-processing: 1 level": partial(cam.maps, one, size, post),  # type: ignore[attr-defined]
+            "post-processing: all levels": partial(cam.maps, capture, size, post),  # type: ignore[attr-defined]
+        }
+        times = measure(runs, repeats)
+    print()
+    print(f"| {method}: part | CPU s |")
+    print("|---|---|")
+    for key, (_, cpu) in times.items():
+        print(f"| {key} | {cpu:.3f} |")
+    print()
+    print("| run (fresh process) | peak resident MB | above the model and input |")
+    print("|---|---|---|")
+    for run in ("forward", "bottleneck", "enc0", "levels"):
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-child", run, "--side", str(x.shape[-1]), "--methods", method],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        before, after = (float(v) for v in done.stdout.split())
+        print(f"| {run} | {after:.0f} | {after - before:.0f} |")
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM, MB); resettable, unlike ``ru_maxrss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover - not Linux
+
+
+def memory_child(run: str, side: int, method: str) -> None:
+    """Print the resident memory before one run and its peak during the run (MB)."""
+    model = demo_unet()
+    x = torch.randn(1, 1, side, side, side, generator=torch.Generator().manual_seed(0))
+    lo, hi = side // 4, 3 * side // 4
+    target = medcam.SegmentationTarget(1, pixels=f"box:{lo},{lo},{lo}:{hi},{hi},{hi}")
+    levels = {lv.name: lv.path for lv in medcam.discover_levels(model)}
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
+    before = _peak_mb()
+    if run == "forward":
+        with torch.no_grad():
+            model(x)
+    else:
+        medcam.explain(model, x, method, target, "levels" if run == "levels" else {run: levels[run]})
+    print(before, _peak_mb())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="48^3 input, 2 repeats (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, quick 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--methods", default="hirescam,gradcam", help="comma-separated (default: hirescam,gradcam)")
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts and measure peak memory")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--side", type=int, default=None, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     repeats = args.repeats or (2 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
-    side = 48 if args.quick else 96
+    side = args.side or (48 if args.quick else 96)
+    if args.memory_child:
+        memory_child(args.memory_child, side, args.methods.split(",")[0])
+        return
     model = demo_unet()
     x = torch.randn(1, 1, side, side, side, generator=torch.Generator().manual_seed(0))
     lo, hi = side // 4, 3 * side // 4
@@ -77,15 +158,15 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs; "
         f"MONAI UNet 16-32-64-128 (num_res_units=1, batch norm), input {side}^3, {len(levels)} levels"
     )
-    print()
-    print("| method | run | layers | s (CPU s) | / bottleneck | / enc0 | / all levels |")
-    print("|---|---|---|---|---|---|---|")
 
     def forward() -> None:
         with torch.no_grad():
             model(x)
 
     for method in args.methods.split(","):
+        print()
+        print("| method | run | layers | s (CPU s) | / bottleneck | / enc0 | / all levels |")
+        print("|---|---|---|---|---|---|---|")
         explain = partial(medcam.explain, model, x, method, target)
         runs: dict[str, Callable[[], Any]] = {
             "forward (no grad)": forward,
@@ -107,6 +188,8 @@ def main() -> None:
                 f"{wall / together[0]:.2f} ({cpu / together[1]:.2f}) |",
                 flush=True,
             )
+        if args.breakdown:
+            breakdown(model, x, target, levels, method, repeats)
 
 
 if __name__ == "__main__":
