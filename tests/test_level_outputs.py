@@ -109,8 +109,8 @@ def test_the_montage_has_one_row_per_level(levels_folder: Path) -> None:
     assert summary["outputs"]["montage"] == "montage.png"
     with Image.open(levels_folder / "montage.png") as picture:
         width, height = picture.size
-    # 1.9 in of labels + 5 panels of 2.3 in + 1 in colour bar, by 0.85 + 3 rows x 2.3 + 0.15 in, at 90 dpi
-    assert (width, height) == (round((1.9 + 5 * 2.3 + 1.0) * 90), round((0.85 + 3 * 2.3 + 0.15) * 90))
+    # 1.9 in of labels + 5 panels of 2.3 in + 1 in colour bar, by 0.95 + 3 rows x 2.3 + 0.15 in, at 90 dpi
+    assert (width, height) == (round((1.9 + 5 * 2.3 + 1.0) * 90), round((0.95 + 3 * 2.3 + 0.15) * 90))
 
 
 def test_a_reference_on_another_grid_is_rejected_before_the_model_runs(case: dict[str, Path], tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_explain_cli_levels_subset(case: dict[str, Path], tmp_path: Path) -> Non
     }  # fmt: skip
     assert summary["levels"]["scores"]["enc0"]["dice"] is None  # needs a reference
     with Image.open(out / "montage.png") as picture:
-        assert picture.size[1] == round((0.85 + 2 * 2.3 + 0.15) * 90)
+        assert picture.size[1] == round((0.95 + 2 * 2.3 + 0.15) * 90)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_two_dimensional_montage_has_one_column(tmp_path: Path) -> None:
     maps = {"enc0": np.ones((24, 16), np.float32), "final": np.zeros((24, 16), np.float32)}
     path = render_montage(tmp_path / "m.png", image, maps, np.eye(4), style=Montage("shared", 5))
     with Image.open(path) as picture:
-        assert picture.size == (round((1.9 + 2.3 + 1.0) * 90), round((0.85 + 2 * 2.3 + 0.15) * 90))
+        assert picture.size == (round((1.9 + 2.3 + 1.0) * 90), round((0.95 + 2 * 2.3 + 0.15) * 90))
 
 
 # ------------------------------------------------------------------ medcam info
@@ -295,3 +295,15 @@ def test_medcam_levels_ranks_module_paths_of_any_network(
     assert sorted(row.split()[1] for row in lines[2:4]) == ["model.0", "model.1"]
     assert lines[-1].startswith("recommended: model.") and "explain with --layer model." in lines[-1]
     assert not any(tmp_path.iterdir())  # no --out: nothing written (not even in the working folder)
+
+
+def test_crop_keeps_the_target_and_its_surroundings() -> None:
+    from medcam.volumes.montage import _crop_box
+
+    panel = np.zeros((100, 80), bool)
+    panel[40:50, 30:34] = True  # 10 rows, 4 columns: both below CROP_MARGIN = 16, so 16 on each side
+    other = np.zeros((100, 80), bool)
+    other[52, 70] = True  # a second slice widens the box: rows 40-52 (margin 16), columns 30-70 (margin 41)
+    assert _crop_box([panel, None]) == (slice(24, 66), slice(14, 50))
+    assert _crop_box([panel, other]) == (slice(24, 69), slice(0, 80))
+    assert _crop_box([None, np.zeros((4, 4), bool)]) is None

@@ -81,6 +81,7 @@ def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: 
         help="montage colour scale: one for all levels, or one per level (default: shared)",
     )
     parser.add_argument("--montage-slices", type=int, default=5, help="slices (columns) in the montage (default: 5)")
+    parser.add_argument("--montage-crop", action="store_true", help="zoom the montage panels onto M (or the reference)")
 
 
 def level_layer(args: argparse.Namespace) -> str:
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "method": args.method or pipeline.DEFAULT_METHOD,
         "pixels": args.pixels,
         "layer": level_layer(args),
-        "montage": Montage(args.montage_scale, args.montage_slices),
+        "montage": Montage(args.montage_scale, args.montage_slices, args.montage_crop),
         "device": args.device,
         "overlap": args.overlap,
         "blend": args.blend,

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         window_batch=args.window_batch,
         progress=not args.no_progress,
-        montage=Montage(args.montage_scale, args.montage_slices),
+        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
     )
     ranking = result.ranking
     summary = result.explanation.summary

@@ -30,14 +30,21 @@ if TYPE_CHECKING:
 Scale = Literal["shared", "per-level"]
 SCALES: tuple[str, ...] = ("shared", "per-level")
 TRANSPARENT_BELOW = 0.1  # fraction of the colour range drawn transparent
+CROP_MARGIN = 16  # voxels, at least, around the target when cropping
 
 
 @dataclass(frozen=True)
 class Montage:
-    """How the level montage is drawn: colour ``scale`` and the number of ``slices`` (columns)."""
+    """How the level montage is drawn: colour ``scale``, number of ``slices`` (columns), ``crop``.
+
+    ``crop`` zooms every panel onto M (or the reference): its in-plane bounding box over
+    the shown slices, widened on each side by the box's own size (at least
+    ``CROP_MARGIN`` voxels), so small targets are readable and nearby context stays.
+    """
 
     scale: Scale = "shared"
     slices: int = 5
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -105,6 +112,7 @@ def render_montage(
         outline = [None if region is None else region.T]
         truth = [None if reference is None else reference.T]
         aspect = 1.0
+        guide_panels = [outline[0] if outline[0] is not None else truth[0]]
     else:
         arrays, (sx, sy, _) = _canonical(affine, image, region, reference, *(maps[n] for n in names))
         img, reg, ref, *canonical = arrays
@@ -121,9 +129,17 @@ def render_montage(
         outline = [axial(reg, z) for z in zs]
         truth = [axial(ref, z) for z in zs]
         aspect = sy / sx
+        guide_panels = [axial(guide, z) for z in zs]
+    if style.crop:
+        window_rc = _crop_box(guide_panels)
+        if window_rc is not None:
+            grey = [g[window_rc] for g in grey]
+            heats = {n: [h[window_rc] for h in hs] for n, hs in heats.items()}
+            outline = [None if o is None else o[window_rc] for o in outline]
+            truth = [None if t is None else t[window_rc] for t in truth]
 
     shared = _range([maps[n] for n in names])
-    panel, left, right, top, bottom = 2.3, 1.9, 1.0, 0.85, 0.15  # inches: panels and margins for the labels
+    panel, left, right, top, bottom = 2.3, 1.9, 1.0, 0.95, 0.15  # inches: panels and margins for the labels
     width, height = left + panel * len(columns) + right, top + panel * len(names) + bottom
     fig, axes = plt.subplots(len(names), len(columns), figsize=(width, height), squeeze=False)
     fig.subplots_adjust(
@@ -166,10 +182,25 @@ def render_montage(
         legend += ("; " if legend else "") + "lime: reference"
     heading = "\n".join(part for part in (title, legend) if part)
     if heading:
-        fig.suptitle(heading, fontsize=10)
+        fig.suptitle(heading, fontsize=10, y=1 - 0.08 / height, va="top")  # fixed inches from the top
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _crop_box(panels: Sequence[np.ndarray | None]) -> tuple[slice, slice] | None:
+    """Rows and columns around the True pixels of ``panels``, widened by the extent (>= CROP_MARGIN)."""
+    present = [p for p in panels if p is not None and p.any()]
+    if not present:
+        return None
+    union = np.logical_or.reduce(present)
+    box = []
+    for axis in (0, 1):
+        hit = np.flatnonzero(union.any(axis=1 - axis))
+        lo, hi = int(hit[0]), int(hit[-1]) + 1
+        margin = max(hi - lo, CROP_MARGIN)
+        box.append(slice(max(0, lo - margin), min(union.shape[axis], hi + margin)))
+    return box[0], box[1]
 
 
 def _range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
