@@ -156,12 +156,18 @@ def score_levels(
     return scores
 
 
+def _check_rule(by: str, threshold: float) -> None:
+    if by not in RANK_ORDER:
+        raise UserError(f"cannot rank by {by!r}; use one of {', '.join(RANK_ORDER)}")
+    if not 0.0 <= threshold < 1.0:
+        raise UserError(f"threshold is a fraction of the map's maximum in [0, 1), got {threshold}")
+
+
 def rank_levels(
     scores: Sequence[LevelScore], *, by: RankBy = "dice", threshold: float = DEFAULT_THRESHOLD
 ) -> LevelRanking:
     """Order scored levels best first (see the module docstring for the rule)."""
-    if by not in RANK_ORDER:
-        raise UserError(f"cannot rank by {by!r}; use one of {', '.join(RANK_ORDER)}")
+    _check_rule(by, threshold)
     if not scores:
         raise UserError("no levels to rank")
     missing = [s.name for s in scores if s.dice is None]
@@ -237,6 +243,7 @@ def recommend_level(
     """
     from medcam.api import explain
 
+    _check_rule(by, threshold)
     exp = explain(model, x, method, target, layers, **explain_options)
     region = exp.target.mask
     if region is not None and tuple(region.shape[1:]) != tuple(x.shape[2:]):
@@ -279,6 +286,7 @@ def recommend_case(
     from medcam.pipeline import explain_volume
     from medcam.volumes.folders import check_output
 
+    _check_rule(by, threshold)  # before the model runs
     if out is not None:
         check_output(out, overwrite=overwrite)
     exp = explain_volume(volume, class_name=class_name, layer=layer, method=method, reference=reference, **options)

@@ -307,3 +307,11 @@ def test_crop_keeps_the_target_and_its_surroundings() -> None:
     assert _crop_box([panel, None]) == (slice(24, 66), slice(14, 50))
     assert _crop_box([panel, other]) == (slice(24, 69), slice(0, 80))
     assert _crop_box([None, np.zeros((4, 4), bool)]) is None
+
+
+def test_a_bad_threshold_stops_before_the_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["levels", "--volume", str(tmp_path / "missing.nii.gz"), "--class", "kidney",
+         "--reference", "x.nii.gz", "--threshold", "1.5"]
+    )  # fmt: skip
+    assert code == 2 and "threshold is a fraction of the map's maximum in [0, 1), got 1.5" in capsys.readouterr().err
