@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": "demo",
     "explain": "explain",
     "info": "info",
+    "levels": "levels",
 }
 
 
