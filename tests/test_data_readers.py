@@ -311,3 +311,18 @@ def test_a_wrong_root_says_what_layout_is_expected(reader: type[Dataset], tmp_pa
     with pytest.raises(DatasetError) as err:
         reader(tmp_path)
     assert "point root at" in str(err.value)
+
+
+def test_read_image_keeps_16_bit_grey_values(tmp_path) -> None:
+    from PIL import Image
+
+    from medcam.data.images import read_image
+
+    values = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    grey = read_image(tmp_path / "deep.png", "L")
+    np.testing.assert_array_equal(grey, values[None].astype(np.float32))  # not clipped at 255
+    rgb = read_image(tmp_path / "deep.png", "RGB")
+    np.testing.assert_array_equal(rgb, np.repeat(values[None], 3, axis=0).astype(np.float32))
+    Image.fromarray(values.astype(np.uint8)).save(tmp_path / "flat.png")
+    assert read_image(tmp_path / "flat.png", "RGB").shape == (3, 2, 2)

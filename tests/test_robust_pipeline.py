@@ -417,11 +417,11 @@ def test_2d_classifier_flips_horizontally_and_gets_the_uncertainty_outputs(tmp_p
         tmp_path / "xray.png", tmp_path / "out", class_name="yes", model=tmp_path / "cls.pt", method="robustcam"
     )
     summary = json.loads((out / "summary.json").read_text())
-    # a PNG is indexed (x, y) = (column, row): its horizontal axis is 0, and the default flip follows it
-    assert summary["model"]["model_grid_orientation"] == "LP"
-    assert summary["method"]["stats"]["views"][:3] == ["identity", "flip:0", "rotate:15"]
+    # the network sees a PNG as (row, column): its horizontal axis is 1, and the default flip follows it
+    assert summary["model"]["model_grid_orientation"] == "PL"
+    assert summary["method"]["stats"]["views"][:3] == ["identity", "flip:1", "rotate:15"]
     stability = summary["method"]["stats"]["stability"]["layer4"]
-    assert [row["view"] for row in stability["per_view"]][1] == "flip:0" and isinstance(stability["top_iou"], float)
+    assert [row["view"] for row in stability["per_view"]][1] == "flip:1" and isinstance(stability["top_iou"], float)
     for name in ("heatmap.nii.gz", "uncertainty.nii.gz", "valid_views.nii.gz"):
         assert nib.load(str(out / name)).shape == (56, 40), name  # (W, H) of the PNG, not the 48 x 48 grid
     assert (out / "preview_uncertainty.png").is_file()

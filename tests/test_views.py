@@ -262,8 +262,8 @@ def test_anatomical_axes():
     with pytest.raises(ViewError, match="anatomical axes"):
         anatomical_axes(("R", "L", "S"))
     # 2D: the horizontal axis (left-right, or anterior-posterior in a sagittal slice), plane (0, 1)
-    assert anatomical_axes("LP") == (0, (0, 1))  # a PNG as medcam reads it: x = column
-    assert anatomical_axes("PL") == (1, (0, 1))
+    assert anatomical_axes("LP") == (0, (0, 1))  # a PNG in ITK's index order: x = column
+    assert anatomical_axes("PL") == (1, (0, 1))  # a PNG as a network sees it: (row, column)
     assert anatomical_axes("AS") == (0, (0, 1))
     assert anatomical_axes("SR") == (1, (0, 1))
     for bad in ("SI", "LR", "XY"):

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from volume_phantoms import header_variants, ramp
 
-from medcam.volumes.geometry import LPS_TO_RAS, ItkGeometry, voxel_centres
+from medcam.volumes.geometry import LPS_TO_RAS, ItkGeometry, reorder_axes, voxel_centres
 from medcam.volumes.io import load_volume, quiet_itk
 from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentation
 
@@ -170,3 +170,22 @@ def test_writers_are_byte_deterministic(tmp_path: Path) -> None:
     seg_a = write_segmentation(tmp_path / "a.seg.nrrd", data.astype(np.int64) % 3, volume.itk, {1: ("a", (1, 0, 0))})
     seg_b = write_segmentation(tmp_path / "b.seg.nrrd", data.astype(np.int64) % 3, volume.itk, {1: ("a", (1, 0, 0))})
     assert seg_a.read_bytes() == seg_b.read_bytes()
+
+
+def test_reorder_axes_keeps_every_voxel_in_place() -> None:
+    rng = np.random.default_rng(3)
+    affine = np.eye(4)
+    affine[:3] = rng.normal(size=(3, 4))
+    shape = (4, 5, 6)
+    for order in ((1, 0, 2), (2, 0, 1), (0, 1, 2)):
+        moved = reorder_axes(affine, order)
+        index = np.array([1, 3, 5])
+        # new index axis a is old axis order[a]: the same voxel has the permuted index
+        new_index = index[list(order)]
+        np.testing.assert_allclose(moved @ [*new_index, 1], affine @ [*index, 1], atol=1e-12)
+        new_shape = [shape[a] for a in order]
+        centres = voxel_centres(moved, new_shape).reshape(*new_shape, 3)
+        back = np.transpose(centres, (*np.argsort(order), 3))
+        np.testing.assert_allclose(back, voxel_centres(affine, shape).reshape(*shape, 3), atol=1e-12)
+    with pytest.raises(ValueError, match="permutation"):
+        reorder_axes(affine, (0, 0, 1))

@@ -10,10 +10,17 @@ import numpy as np
 from medcam.data.nifti import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# 16/32-bit grey modes, whose values PIL's conversion to "L" or "RGB" would clip at 255
+_DEEP_GREY = ("I", "I;16", "I;16B", "I;16L", "F")
 
 
 def read_image(path: str | Path, mode: str = "L") -> np.ndarray:
-    """Pixels as float32 (C, rows, columns) in 0..255; ``mode`` "L" gives one channel, "RGB" three."""
+    """Pixels as float32 (C, rows, columns); ``mode`` "L" gives one channel, "RGB" three.
+
+    8-bit images keep 0..255 (colour to grey by PIL's ITU-R 601 luma, grey to RGB by
+    replication); 16/32-bit grey images keep their values. ``medcam explain`` feeds a
+    picture to a 2D network through this same function.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -21,7 +28,11 @@ def read_image(path: str | Path, mode: str = "L") -> np.ndarray:
         raise DatasetError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert(mode), dtype=np.float32)
+            if img.mode in _DEEP_GREY and mode in ("L", "RGB"):
+                grey = np.asarray(img, dtype=np.float32)
+                array = grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)
+            else:
+                array = np.asarray(img.convert(mode), dtype=np.float32)
     except (UnidentifiedImageError, OSError) as err:
         raise DatasetError(f"cannot read {path} as an image ({err})") from err
     return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)

@@ -70,6 +70,13 @@ def preprocessing_transforms(
     keys = [k for k in keys]
     modes_interp = ["nearest" if k == label_key else "bilinear" for k in keys]
     out: list[MapTransform] = []
+    if spatial_dims == 2 and (pre.orientation is not None or pre.spacing is not None):
+        # 2D records live in their own pixel frame (identity affine, see LoadRecordd): a
+        # reorientation or a spacing in "mm" would depend on which frame a caller passes
+        raise UserError(
+            f"preprocessing.orientation {pre.orientation!r} and spacing {pre.spacing} apply to 3D data only; "
+            "2D images are read in their own pixel frame, so set both to null and use preprocessing.size"
+        )
     if pre.orientation is not None:
         if spatial_dims != len(pre.orientation):
             raise UserError(

@@ -447,8 +447,8 @@ def anatomical_axes(codes: Sequence[str]) -> tuple[int, tuple[int, int]]:
 
     ``("R", "A", "S")`` gives ``(0, (0, 1))``; KiTS23 as stored, ``("I", "P", "L")``,
     gives ``(2, (1, 2))``. Two codes (a 2D image) give ``(horizontal axis, (0, 1))``:
-    the left-right axis, or the anterior-posterior one of a sagittal slice; a PNG read
-    as medcam reads it (x = column, codes ``("L", "P")``) gives ``(0, (0, 1))``.
+    the left-right axis, or the anterior-posterior one of a sagittal slice; a PNG as a
+    network sees it (row, column: codes ``("P", "L")``) gives ``(1, (0, 1))``.
     """
     letters = [c.upper()[:1] for c in codes]
     groups = [{"L", "R"}, {"A", "P"}, {"S", "I"}]

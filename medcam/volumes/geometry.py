@@ -96,3 +96,15 @@ def voxel_centres(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def index_to_index(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The 4x4 map from voxel indices of grid ``source`` to (fractional) indices of grid ``target``."""
     return np.linalg.inv(np.asarray(target, dtype=float)) @ np.asarray(source, dtype=float)
+
+
+def reorder_axes(affine: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """The 4x4 affine of the same voxels indexed with the axes taken in ``order``.
+
+    ``order`` is a permutation of ``0, 1, 2``: new index axis ``a`` is old axis
+    ``order[a]``. Every voxel keeps its world position, so maps carried through the new
+    grid land on the same points (e.g. a picture's ``(column, row)`` -> ``(row, column)``).
+    """
+    if sorted(order) != [0, 1, 2]:
+        raise ValueError(f"axis order {tuple(order)} is not a permutation of (0, 1, 2)")
+    return np.asarray(affine, dtype=float)[:, [*order, 3]]

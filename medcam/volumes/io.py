@@ -6,9 +6,11 @@ of that grid, what ITK (and so 3D Slicer) reads as the grid's geometry, and for
 NIfTI the source header, which the writers copy so that every output voxel lands
 exactly where the input's voxel is.
 
-PNG/JPEG images follow ITK's (and MONAI's) convention: index i is the column (x), j
+PNG/JPEG images follow ITK's (and Slicer's) convention: index i is the column (x), j
 the row (y), origin 0, spacing 1, identity LPS direction, so a 2D image is the array
-``(C, width, height)``.
+``(C, width, height)``. Networks take pictures as ``(C, rows, columns)``;
+:attr:`Volume.network_axes` says so, and the preprocessing turns the axes with the
+affine (:mod:`medcam.volumes.preprocessing`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,18 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, ...]:
         return voxel_spacing(self.affine, self.spatial_dims)
+
+    @property
+    def network_axes(self) -> tuple[int, ...]:
+        """The index axes in the order a network takes them.
+
+        A picture is indexed (x, y) = (column, row), as ITK and Slicer index it, but 2D
+        networks (torchvision, smp, medcam's own training readers) take pictures as
+        (row, column): ``(1, 0)``. Every other image: file index order.
+        """
+        if self.format == "image":
+            return (1, 0)
+        return tuple(range(self.spatial_dims))
 
     def describe(self) -> dict[str, Any]:
         """Geometry for ``summary.json``."""
