@@ -59,3 +59,17 @@ def test_reorientation_and_resampling_are_inverted():
     for axis in range(3):
         flipped = np.flip(labels, axis=axis) == 1
         assert dice(torch.as_tensor(flipped.copy()), truth) < 0.5
+
+
+def test_labels_from_logits_softmax_and_region_order() -> None:
+    from medcam.train.evaluate import labels_from_logits
+
+    logits = torch.tensor([[[0.0, 2.0, -1.0], [1.0, 0.0, 3.0]]])  # (N, C, 3 pixels)
+    assert labels_from_logits(logits, "softmax", {}).tolist() == [[[1, 0, 1]]]
+    # KiTS regions from broad to narrow: kidney+masses -> 1, masses -> 3 (cyst), tumor -> 2
+    regions = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
+    on, off = 5.0, -5.0
+    region_logits = torch.tensor(
+        [[on, on, on, off], [off, on, on, off], [off, off, on, off]]  # region channels x 4 pixels
+    ).reshape(1, 3, 4)
+    assert labels_from_logits(region_logits, "sigmoid", regions).tolist() == [[[1, 3, 2, 0]]]

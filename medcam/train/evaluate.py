@@ -1,39 +1,38 @@
 """Segment whole volumes with a checkpoint and score them on their ORIGINAL voxel grid.
 
-Prediction repeats exactly the preprocessing the checkpoint records (the same MONAI
-transforms as training), runs the network by sliding window (or on the whole image),
-and maps the label map back through the inverse of the spatial transforms (MONAI
-``Invertd``, nearest neighbour), so Dice is computed against the untouched labels.
+Prediction is the explain pipeline's own: the checkpoint's preprocessing
+(:func:`medcam.volumes.preprocessing.prepare_array`, i.e. the MONAI transforms of
+training), MONAI's sliding-window inference (:func:`medcam.inference.predict`), and the
+label map returned to the original grid through the inverse of the spatial transforms
+(nearest neighbour), so Dice is computed against the untouched labels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd
 
 from medcam.data.base import regions_class_order
-from medcam.data.transforms import preprocessing_transforms
-from medcam.errors import UserError
 from medcam.models.checkpoint import ModelBundle
 from medcam.train.metrics import label_dice, nanmean, region_dice
 
 
-def _labels_from_logits(bundle: ModelBundle, logits: torch.Tensor) -> torch.Tensor:
-    meta = bundle.meta
-    if meta.activation == "softmax":
+def labels_from_logits(logits: torch.Tensor, activation: str, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """Hard label map ``(N, 1, *spatial)``: argmax, or for sigmoid region heads nnU-Net's ordering.
+
+    Region heads paint their regions from the broadest to the narrowest, each with the
+    label value it adds (``regions_class_order``), so the map has the dataset's labels.
+    """
+    if activation == "softmax":
         return logits.argmax(1, keepdim=True)
-    # sigmoid region heads: paint broad to narrow regions with the label each one adds
-    order = regions_class_order(meta.regions)
     on = torch.sigmoid(logits) > 0.5
     labels = torch.zeros_like(on[:, :1], dtype=torch.long)
-    for channel, value in enumerate(order):
+    for channel, value in enumerate(regions_class_order(regions)):
         labels[on[:, channel : channel + 1]] = value
     return labels
 
@@ -51,28 +50,16 @@ def segment(
 
     ``roi_size`` defaults to the checkpoint's patch size (whole image when it has none).
     """
-    from monai.inferers import sliding_window_inference
+    from medcam.inference import SlidingWindow, predict
+    from medcam.volumes.preprocessing import prepare_array
 
     meta = bundle.meta
-    if image.ndim != meta.spatial_dims + 1:
-        raise UserError(f"image shape {image.shape}: the model expects (channels, {meta.spatial_dims} spatial dims)")
-    pre = Compose(preprocessing_transforms(meta.preprocessing, meta.spatial_dims, keys=("image",), label_key=None))
-    data = pre({"image": MetaTensor(torch.as_tensor(image, dtype=torch.float32), affine=torch.as_tensor(affine))})
-    x = data["image"]
-    first = next(bundle.model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    batch = x.as_tensor()[None].to(device)
+    grid = prepare_array(image, affine, meta.preprocessing, spatial_dims=meta.spatial_dims)
     roi = tuple(roi_size) if roi_size is not None else meta.patch_size
-    if roi is None:
-        logits = bundle.model(batch)
-    else:
-        logits = sliding_window_inference(batch, roi, sw_batch_size, bundle.model, overlap=overlap, mode="gaussian")
-    labels = _labels_from_logits(bundle, logits if isinstance(logits, torch.Tensor) else logits[0])
-    data["pred"] = MetaTensor(labels[0].float().cpu(), affine=x.affine, applied_operations=x.applied_operations)
-    data["pred"].meta = dict(x.meta)
-    inverted = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(data)
-    out = inverted["pred"]
-    return np.asarray(out.as_tensor() if hasattr(out, "as_tensor") else out)[0].round().astype(np.int64)
+    window = SlidingWindow(roi, overlap=overlap, mode="gaussian", batch_size=sw_batch_size)
+    logits = predict(bundle.model, grid.image, window)
+    labels = labels_from_logits(logits, meta.activation, meta.regions)
+    return grid.to_source(labels[0].float(), mode="nearest")[0].round().astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from medcam.models.checkpoint import CheckpointMeta
 from medcam.models.factory import build_model, default_cam_layers
 from medcam.train.config import ConfigError, ExperimentConfig
 from medcam.train.distributed import Context
+from medcam.train.evaluate import labels_from_logits
 from medcam.train.losses import DiceCrossEntropyLoss
 from medcam.train.metrics import label_dice, nanmean, region_dice
 
@@ -211,26 +212,17 @@ class SegmentationTask(Task):
 
     def predict(self, model: nn.Module, image: Tensor) -> Tensor:
         """Logits of one preprocessed image (1, C, *spatial), by sliding window when patches are used."""
-        from monai.inferers import sliding_window_inference
+        from medcam.inference import SlidingWindow, predict
 
         t = self.config.training
         if t.patch_size is None:
             return model(image)
-        out = sliding_window_inference(
-            image, t.patch_size, t.sw_batch_size, model, overlap=t.sw_overlap, mode="gaussian"
-        )
-        return out if isinstance(out, Tensor) else out[0]
+        window = SlidingWindow(tuple(t.patch_size), overlap=t.sw_overlap, mode="gaussian", batch_size=t.sw_batch_size)
+        return predict(model, image, window)
 
     def to_labels(self, logits: Tensor) -> Tensor:
         """Hard label map (1, *spatial): argmax, or for region heads the nnU-Net-style ordering."""
-        if not self.regions_mode:
-            return logits.argmax(1, keepdim=True)
-        on = torch.sigmoid(logits) > 0.5
-        labels = torch.zeros_like(on[:, :1], dtype=torch.long)
-        # paint regions from the broadest to the narrowest, each with its own label (nnU-Net's regions_class_order)
-        for channel, value in enumerate(self.dataset.regions_class_order):
-            labels[on[:, channel : channel + 1]] = value
-        return labels
+        return labels_from_logits(logits, "sigmoid" if self.regions_mode else "softmax", self.dataset.regions)
 
     def metric_names(self) -> list[str]:
         names = [f"dice_{n}" for n in self.dataset.labels if n != "background"]
