@@ -49,7 +49,7 @@ from medcam.inference import SlidingWindow, predict, sliding_window_cam
 from medcam.level_choice import level_summary
 from medcam.methods.base import CAMMethod, PostProcessing
 from medcam.methods.registry import create_method, method_parameters
-from medcam.models.checkpoint import CheckpointMeta, ModelBundle, load_checkpoint
+from medcam.models.checkpoint import DEMO_CHECKPOINT, CheckpointMeta, ModelBundle, load_checkpoint
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
@@ -61,20 +61,18 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_METHOD = "hirescam"
-ASSETS = Path(__file__).parent / "assets"
-# colour maps of extra overlays by name; anything else gets viridis
 # ------------------------------------------------------------------------------------
 # The model
 
 
 def default_model_path() -> Path:
-    """The shipped demo checkpoint (``medcam/assets/*demo*.pt``), used when no model is given."""
-    found = sorted(ASSETS.glob("*demo*.pt")) if ASSETS.is_dir() else []
-    if not found:
+    """The shipped demo checkpoint (:data:`~medcam.models.checkpoint.DEMO_CHECKPOINT`), used when no model is given."""
+    if not DEMO_CHECKPOINT.is_file():
         raise UserError(
-            f"no --model given and no demo model is installed in {ASSETS}; pass --model PATH to a medcam checkpoint"
+            f"no --model given and the demo model {DEMO_CHECKPOINT} is missing; pass --model PATH to a medcam "
+            "checkpoint or reinstall medcam (the demo model is package data)"
         )
-    return found[0]
+    return DEMO_CHECKPOINT
 
 
 @dataclass(frozen=True, eq=False)
