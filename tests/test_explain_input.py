@@ -142,6 +142,9 @@ def test_picture_without_resize_keeps_its_pixels(picture: Path) -> None:
     # and back: a map on the network grid returns transposed onto the file's (x, y) index
     back = grid.to_source(grid.image[0])
     np.testing.assert_array_equal(back[0], expected.T)
+    # coordinates given in the file's (x, y) index (--pixels voxel:/box:) land on (row, column)
+    assert grid.voxel_to_model((40, 7)) == (7, 40)
+    assert grid.box_to_model((30, 4), (50, 10)) == ((4, 30), (10, 50))
 
 
 def test_2d_orientation_or_spacing_is_refused(picture: Path) -> None:
