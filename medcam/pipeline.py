@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medcam.core.ops import class_argmax
 from medcam.core.targets import (
     Box,
     ClassTarget,
@@ -385,7 +386,7 @@ def _labels_from(output: torch.Tensor, activation: str) -> torch.Tensor:
         for channel in range(output.shape[1]):
             labels[output[:, channel] > 0] = channel + 1  # sigmoid(logit) > 0.5
         return labels
-    return output.argmax(dim=1).to(dtype)
+    return class_argmax(output).to(dtype)
 
 
 def _segments(meta: CheckpointMeta) -> dict[int, str]:

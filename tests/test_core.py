@@ -323,3 +323,13 @@ def test_parallel_frozen_branches_both_get_exact_gradients() -> None:
     ga, gb = torch.autograd.grad(score, [a, b])
     torch.testing.assert_close(exp.maps["a"], (ga * a).sum(1).detach())
     torch.testing.assert_close(exp.maps["b"], (gb * b).sum(1).detach())
+
+
+def test_class_argmax_equals_torch_argmax_including_ties() -> None:
+    from medcam.core.ops import class_argmax
+
+    torch.manual_seed(0)
+    # integer-valued logits make ties common: the first maximal class must win, as in torch
+    for shape in [(2, 4, 5, 6, 7), (1, 3, 9, 9), (3, 1, 4, 4), (2, 5, 33)]:
+        logits = torch.randint(0, 3, shape).float()
+        assert torch.equal(class_argmax(logits), logits.argmax(dim=1)), shape

@@ -26,6 +26,21 @@ def spatial_dims(x: Tensor, *, channels: bool) -> tuple[int, ...]:
     return tuple(range(first, x.ndim))
 
 
+def class_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(dim=1)`` for ``(N, C, *spatial)``: the first maximal class on ties, as torch's.
+
+    torch reduces over the strided class axis of a channel-first volume about 200x slower
+    on CPU than an ``amax`` over it (0.35 s vs 2 ms for 4 classes at 96^3), so the labels
+    are painted from the last class to the first wherever a class reaches the maximum.
+    Needs finite values (targets reject non-finite outputs first).
+    """
+    peak = logits.amax(dim=1)
+    labels = torch.full(peak.shape, logits.shape[1] - 1, dtype=torch.long, device=logits.device)
+    for c in range(logits.shape[1] - 2, -1, -1):
+        labels.masked_fill_(logits[:, c] == peak, c)
+    return labels
+
+
 def minmax(maps: Tensor) -> Tensor:
     """Scale each sample to [0, 1]; a constant map becomes all zeros, never NaN."""
     dims = spatial_dims(maps, channels=False)

@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from medcam.core.ops import class_argmax
 from medcam.errors import UserError
 
 Activation = Literal["softmax", "sigmoid"]
@@ -231,7 +232,7 @@ class ClassMaps:
     def predicted(self) -> Tensor:
         if self.target.activation == "sigmoid":
             return self.probability > 0.5
-        return torch.isin(self.output.argmax(dim=1), torch.tensor(self.channels, device=self.device))
+        return torch.isin(class_argmax(self.output), torch.tensor(self.channels, device=self.device))
 
 
 class PixelSet(ABC):
