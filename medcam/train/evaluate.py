@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medcam.core.ops import class_argmax
 from medcam.data.base import regions_class_order
 from medcam.models.checkpoint import ModelBundle
 from medcam.train.metrics import label_dice, nanmean, region_dice
@@ -29,7 +30,7 @@ def labels_from_logits(logits: torch.Tensor, activation: str, regions: Mapping[s
     label value it adds (``regions_class_order``), so the map has the dataset's labels.
     """
     if activation == "softmax":
-        return logits.argmax(1, keepdim=True)
+        return class_argmax(logits)[:, None]
     on = torch.sigmoid(logits) > 0.5
     labels = torch.zeros_like(on[:, :1], dtype=torch.long)
     for channel, value in enumerate(regions_class_order(regions)):
