@@ -439,187 +439,146 @@ def explain_volume(
     devices = [torch.device(device)] if device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _explain_volume(
-            volume,
-            class_name=class_name,
-            model=model,
-            method=method,
-            pixels=pixels,
-            layer=layer,
-            device=device,
-            overlap=overlap,
-            blend=blend,
-            window_batch=window_batch,
-            relu=relu,
-            normalize=normalize,
-            seed=seed,
-            progress=progress,
-            method_options=method_options,
-            reference=reference,
-            montage=montage,
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 3)
+            clock = now
+
+        create_method(method, **dict(method_options or {}))  # a wrong method or option fails before any loading
+        post = PostProcessing(relu=relu, normalization=normalize)
+        vol = volume if isinstance(volume, Volume) else load_volume(volume)
+        truth, truth_definition = load_reference(reference, vol) if reference is not None else (None, None)
+        lap("load_volume")
+        loaded = load_model(model, device)
+        bundle, meta = loaded.bundle, loaded.bundle.meta
+        choice = resolve_class(meta, class_name)
+        lap("load_model")
+        grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
+        x = grid.image
+        grid_codes = axis_codes(grid.affine, meta.spatial_dims)
+        cam = method_for_grid(method, method_options, orientation=grid_codes, seed=seed)
+        lap("preprocess")
+        segmentation = meta.task == "segmentation"
+        if segmentation:
+            pixel_set, definition = build_pixel_set(pixels, vol, grid)
+        else:
+            if pixels not in ("predicted", "image"):
+                raise UserError(f"--pixels applies to segmentation models; this checkpoint is a {meta.task} model")
+            pixel_set, definition = parse_pixel_set("image"), "whole image (classifier)"
+        target = choice.target(meta, pixel_set)
+        roi = tuple(meta.patch_size) if meta.patch_size else None
+        window = SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
+        probe_input = torch.zeros(1, x.shape[1], *window.roi_for(tuple(x.shape[2:])), device=device)
+        layers, layer_choice = _layers(bundle.model, meta, layer, probe_input)
+        labels_grid: torch.Tensor | None = None
+        if segmentation:
+            prediction = predict(bundle.model, x, window, progress=progress)
+            lap("predict")
+            bound = _bind(target, prediction, choice, definition, vol.path)
+            result = sliding_window_cam(
+                bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
+            )
+            maps_grid, extras_grid, stats, method_stats = result.maps, result.extras, result.stats, result.method_stats
+            labels_grid = _labels_from(prediction, meta.activation)
+            prediction_summary: dict[str, Any] = {}
+            del result, prediction  # the stitched logits are the largest array; free them before inverting
+            lap("cam")
+        else:
+            from medcam.api import explain
+
+            exp = explain(bundle.model, x.to(device), cam, target, layers, relu=relu, normalize=normalize)
+            maps_grid, method_stats, bound = dict(exp.maps), dict(exp.stats), exp.target
+            stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
+            extras_grid = {k: dict(v) for k, v in exp.extras.items()}
+            prediction_summary = _class_scores(exp.output, meta)
+            del exp
+            lap("cam")
+        grid = grid.without_image()
+        del x
+        maps = {}
+        for alias in list(maps_grid):
+            maps[alias] = _renormalize(grid.to_source(maps_grid.pop(alias).cpu())[0], normalize)
+        extras = {name: {a: grid.to_source(t.cpu())[0] for a, t in per.items()} for name, per in extras_grid.items()}
+        labels = pixels_src = None
+        if labels_grid is not None:
+            labels = grid.to_source(labels_grid.float().cpu(), mode="nearest")[0].astype(labels_grid.numpy().dtype)
+            del labels_grid
+            assert bound.mask is not None
+            pixels_src = grid.to_source(bound.mask.float().cpu(), mode="nearest")[0] > 0.5
+            prediction_summary = _prediction_summary(labels, _segments(meta))
+        lap("invert")
+        primary = _primary(layers, layer)
+        voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+        summary: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "method": {
+                "name": cam.name,
+                "options": _jsonable(cam.options()),
+                "relu": relu,
+                "normalize": normalize,
+                "stats": _jsonable(readable_stats(cam, method_stats)),
+            },
+            "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
+            "pixel_set": {
+                "definition": definition,
+                "coordinates": "input voxel indices (file order)"
+                if definition.startswith(("voxel", "box", "mask"))
+                else "model output",
+                "voxels_model_grid": int(bound.mask.sum()) if bound.mask is not None else None,
+                "voxels_input_grid": int(pixels_src.sum()) if pixels_src is not None else None,
+                "volume_ml": round(float(pixels_src.sum()) * voxel_ml, 4)
+                if pixels_src is not None and vol.spatial_dims == 3
+                else None,
+            },
+            "layers": {"choice": layer_choice, "explained": dict(layers), "primary": primary},
+            "input": vol.describe(),
+            "model": {
+                "path": str(loaded.path) if loaded.path else None,
+                "sha256": loaded.sha256,
+                "architecture": meta.architecture,
+                "task": meta.task,
+                "activation": meta.activation,
+                "labels": dict(meta.labels),
+                "regions": {k: list(v) for k, v in meta.regions.items()},
+                "patch_size": list(meta.patch_size) if meta.patch_size else None,
+                "model_grid": list(grid.grid),
+                "model_grid_orientation": grid_codes,
+                "model_grid_affine": np.round(grid.affine, 6).tolist(),
+            },
+            "sliding_window": _jsonable(stats),
+            "prediction": prediction_summary,
+            "timings_s": timings,
+            "versions": _versions(),
+            "seed": seed,
+            "device": device,
+        }
+        if len(maps) > 1 or truth is not None:
+            summary["levels"] = level_summary(
+                maps, paths=layers, region=pixels_src, reference=truth, reference_definition=truth_definition
+            )
+        window_values = meta.preprocessing
+        image_window = (
+            (float(window_values.a_min), float(window_values.a_max))
+            if window_values.a_min is not None and window_values.a_max is not None
+            else None
         )
-
-
-def _explain_volume(
-    volume: str | Path | Volume,
-    *,
-    class_name: str,
-    model: str | Path | ModelBundle | LoadedModel | None = None,
-    method: str = DEFAULT_METHOD,
-    pixels: str = "predicted",
-    layer: str | Sequence[str] = "auto",
-    device: str = "cpu",
-    overlap: float = 0.25,
-    blend: str = "gaussian",
-    window_batch: int = 1,
-    relu: bool = True,
-    normalize: Any = "minmax",
-    seed: int = 0,
-    progress: bool = False,
-    method_options: Mapping[str, Any] | None = None,
-    reference: str | Path | None = None,
-    montage: Montage | None = None,
-) -> VolumeExplanation:
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    cam = create_method(method, **dict(method_options or {}))
-    post = PostProcessing(relu=relu, normalization=normalize)
-    vol = volume if isinstance(volume, Volume) else load_volume(volume)
-    truth, truth_definition = load_reference(reference, vol) if reference is not None else (None, None)
-    lap("load_volume")
-    loaded = load_model(model, device)
-    bundle, meta = loaded.bundle, loaded.bundle.meta
-    choice = resolve_class(meta, class_name)
-    lap("load_model")
-    grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
-    x = grid.image
-    grid_codes = axis_codes(grid.affine, meta.spatial_dims)
-    cam = method_for_grid(method, method_options, orientation=grid_codes, seed=seed)
-    lap("preprocess")
-    segmentation = meta.task == "segmentation"
-    if segmentation:
-        pixel_set, definition = build_pixel_set(pixels, vol, grid)
-    else:
-        if pixels not in ("predicted", "image"):
-            raise UserError(f"--pixels applies to segmentation models; this checkpoint is a {meta.task} model")
-        pixel_set, definition = parse_pixel_set("image"), "whole image (classifier)"
-    target = choice.target(meta, pixel_set)
-    roi = tuple(meta.patch_size) if meta.patch_size else None
-    window = SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
-    probe_input = torch.zeros(1, x.shape[1], *window.roi_for(tuple(x.shape[2:])), device=device)
-    layers, layer_choice = _layers(bundle.model, meta, layer, probe_input)
-    labels_grid: torch.Tensor | None = None
-    if segmentation:
-        prediction = predict(bundle.model, x, window, progress=progress)
-        lap("predict")
-        bound = _bind(target, prediction, choice, definition, vol.path)
-        result = sliding_window_cam(
-            bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
+        return VolumeExplanation(
+            volume=vol,
+            maps=maps,
+            primary=primary,
+            extras=extras,
+            prediction=labels,
+            pixels=pixels_src,
+            segments=_segments(meta) if segmentation else {},
+            summary=summary,
+            image_window=image_window,
+            reference=truth,
+            montage=montage or Montage(),
         )
-        maps_grid, extras_grid, stats, method_stats = result.maps, result.extras, result.stats, result.method_stats
-        labels_grid = _labels_from(prediction, meta.activation)
-        prediction_summary: dict[str, Any] = {}
-        del result, prediction  # the stitched logits are the largest array; free them before inverting
-        lap("cam")
-    else:
-        from medcam.api import explain
-
-        exp = explain(bundle.model, x.to(device), cam, target, layers, relu=relu, normalize=normalize)
-        maps_grid, method_stats, bound = dict(exp.maps), dict(exp.stats), exp.target
-        stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
-        extras_grid = {k: dict(v) for k, v in exp.extras.items()}
-        prediction_summary = _class_scores(exp.output, meta)
-        del exp
-        lap("cam")
-    grid = grid.without_image()
-    del x
-    maps = {}
-    for alias in list(maps_grid):
-        maps[alias] = _renormalize(grid.to_source(maps_grid.pop(alias).cpu())[0], normalize)
-    extras = {name: {a: grid.to_source(t.cpu())[0] for a, t in per.items()} for name, per in extras_grid.items()}
-    labels = pixels_src = None
-    if labels_grid is not None:
-        labels = grid.to_source(labels_grid.float().cpu(), mode="nearest")[0].astype(labels_grid.numpy().dtype)
-        del labels_grid
-        assert bound.mask is not None
-        pixels_src = grid.to_source(bound.mask.float().cpu(), mode="nearest")[0] > 0.5
-        prediction_summary = _prediction_summary(labels, _segments(meta))
-    lap("invert")
-    primary = _primary(layers, layer)
-    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "method": {
-            "name": cam.name,
-            "options": _jsonable(cam.options()),
-            "relu": relu,
-            "normalize": normalize,
-            "stats": _jsonable(readable_stats(cam, method_stats)),
-        },
-        "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
-        "pixel_set": {
-            "definition": definition,
-            "coordinates": "input voxel indices (file order)"
-            if definition.startswith(("voxel", "box", "mask"))
-            else "model output",
-            "voxels_model_grid": int(bound.mask.sum()) if bound.mask is not None else None,
-            "voxels_input_grid": int(pixels_src.sum()) if pixels_src is not None else None,
-            "volume_ml": round(float(pixels_src.sum()) * voxel_ml, 4)
-            if pixels_src is not None and vol.spatial_dims == 3
-            else None,
-        },
-        "layers": {"choice": layer_choice, "explained": dict(layers), "primary": primary},
-        "input": vol.describe(),
-        "model": {
-            "path": str(loaded.path) if loaded.path else None,
-            "sha256": loaded.sha256,
-            "architecture": meta.architecture,
-            "task": meta.task,
-            "activation": meta.activation,
-            "labels": dict(meta.labels),
-            "regions": {k: list(v) for k, v in meta.regions.items()},
-            "patch_size": list(meta.patch_size) if meta.patch_size else None,
-            "model_grid": list(grid.grid),
-            "model_grid_orientation": grid_codes,
-            "model_grid_affine": np.round(grid.affine, 6).tolist(),
-        },
-        "sliding_window": _jsonable(stats),
-        "prediction": prediction_summary,
-        "timings_s": timings,
-        "versions": _versions(),
-        "seed": seed,
-        "device": device,
-    }
-    if len(maps) > 1 or truth is not None:
-        summary["levels"] = level_summary(
-            maps, paths=layers, region=pixels_src, reference=truth, reference_definition=truth_definition
-        )
-    window_values = meta.preprocessing
-    image_window = (
-        (float(window_values.a_min), float(window_values.a_max))
-        if window_values.a_min is not None and window_values.a_max is not None
-        else None
-    )
-    return VolumeExplanation(
-        volume=vol,
-        maps=maps,
-        primary=primary,
-        extras=extras,
-        prediction=labels,
-        pixels=pixels_src,
-        segments=_segments(meta) if segmentation else {},
-        summary=summary,
-        image_window=image_window,
-        reference=truth,
-        montage=montage or Montage(),
-    )
 
 
 def method_for_grid(

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS.values():
         importlib.import_module(f"medcam.cli.{module}").add_parser(sub)
+    for command in sub.choices.values():
+        # subcommands reuse their module docstring as --help text: drop its reST literal quotes
+        if command.description:
+            command.description = command.description.replace("``", "`")
     return parser
 
 

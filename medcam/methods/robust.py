@@ -155,8 +155,8 @@ class RobustCAM(CAMMethod):
       objects and/or view strings (``"rotate:15"``, ``"flip:0"``, ``"blur:1"``...).
       ``seed`` seeds the photometric views that do not name their own.
     * ``orientation``: axis codes of the input's spatial axes (``"RAS"``, KiTS's
-      ``"IPL"``; 2D ``"LP"``): the default views then flip left-right (2D:
-      horizontally) and rotate in the axial plane of that orientation. ``None``: axis 0
+      ``"IPL"``; 2D ``"PL"``, a picture as the network sees it): the default views
+      then flip left-right (2D: horizontally) and rotate in the axial plane of that orientation. ``None``: axis 0
       is left-right and the plane (0, 1) axial in 3D; axis 1 is horizontal in 2D.
       ``medcam explain`` passes the model grid's orientation.
     * ``fusion``: ``"mean"`` (default) or ``"median"`` over the valid views.
