@@ -23,6 +23,22 @@ def test_spearman_matches_scipy_with_ties() -> None:
     assert pearson(a, 2 * a + 1).allclose(torch.ones(3, dtype=torch.float64))
 
 
+def test_ranks_and_top_k_of_signed_maps_with_signed_zeros() -> None:
+    # maps without ReLU: negative values, -0.0 and +0.0 (equal, so tied), float32 and float64
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randint(-3, 4, (2, 40)).to(dtype) * torch.rand(2, 40).round(decimals=1).to(dtype)
+        a[:, ::9] = -0.0
+        b = a + torch.randn(2, 40, dtype=dtype)
+        for n in range(2):
+            ref = stats.spearmanr(a[n].numpy(), b[n].numpy()).statistic
+            assert spearman(a, b)[n].item() == pytest.approx(ref, abs=1e-12)
+        # highest first, ties by position: a stable descending sort
+        order = torch.argsort(a, dim=1, descending=True, stable=True)[:, :4]
+        expected = torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True)
+        assert torch.equal(top_k_mask(a, 0.1), expected)
+
+
 def test_constant_maps_count_as_zero_correlation() -> None:
     a = torch.zeros(2, 5, 5)
     b = torch.rand(2, 5, 5)

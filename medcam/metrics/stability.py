@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from medcam.errors import UserError
-from medcam.metrics.similarity import average_ranks, pearson_rows, spearman, top_k_iou, top_k_mask
+from medcam.metrics.similarity import pearson_rows, ranks_and_top
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,9 @@ def stability(
     n_views, n = views.shape[:2]
     ious = torch.zeros(n_views, n, dtype=torch.float64)
     rhos = torch.zeros(n_views, n, dtype=torch.float64)
-    for v in range(n_views):
-        for i in range(n):
-            seen = mask[v, i]
-            if not seen.any():
-                continue
-            view, ref = views[v, i][seen].unsqueeze(0), fused[i][seen].unsqueeze(0)
-            ious[v, i] = top_k_iou(view, ref, top)[0]
-            rhos[v, i] = spearman(view, ref)[0]
+    for i in range(n):
+        iou, rho = view_agreement(views[:, i], fused[i], mask[:, i], top)
+        ious[:, i], rhos[:, i] = iou.nan_to_num(0.0), rho  # views without valid pixels are not counted
     counted = mask.flatten(2).any(dim=2).double().cpu()
     per = counted.sum(dim=0).clamp_min(1)
     return Stability(
@@ -114,22 +109,23 @@ def view_agreement(
     all fully valid views (the common case: one sort of a 3D volume instead of V).
     Returns two ``(V,)`` float64 tensors; a view without valid pixels gets NaN and 0.
     """
-    flat = views.detach().double().flatten(1)
-    ref = reference.detach().to(flat.device).double().flatten().unsqueeze(0)
+    flat = views.detach().flatten(1)
+    ref = reference.detach().to(flat.device).flatten().unsqueeze(0)
     mask = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.to(flat.device).bool().flatten(1)
     ious = torch.full((flat.shape[0],), math.nan, dtype=torch.float64)
     rhos = torch.zeros(flat.shape[0], dtype=torch.float64)
+
+    def compare(rows: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        # one sort per map gives both its ranks and its top-k set
+        ranks, top = ranks_and_top(rows, fraction)
+        target_ranks, target_top = ranks_and_top(target, fraction)
+        iou = (top & target_top).sum(1).double() / (top | target_top).sum(1).double()
+        return iou.cpu(), pearson_rows(ranks, target_ranks.expand_as(ranks)).cpu()
+
     whole = mask.all(dim=1)
     if bool(whole.any()):
-        rows = flat[whole]
-        ref_top = top_k_mask(ref, fraction)
-        top = top_k_mask(rows, fraction)
-        ious[whole.cpu()] = ((top & ref_top).sum(1).double() / (top | ref_top).sum(1).double()).cpu()
-        ranks = average_ranks(rows)
-        rhos[whole.cpu()] = pearson_rows(ranks, average_ranks(ref).expand_as(ranks)).cpu()
+        ious[whole.cpu()], rhos[whole.cpu()] = compare(flat[whole], ref)
     for v in torch.nonzero(~whole & mask.any(dim=1)).flatten().tolist():
         seen = mask[v]
-        a, b = flat[v][seen].unsqueeze(0), ref[0][seen].unsqueeze(0)
-        ious[v] = top_k_iou(a, b, fraction)[0]
-        rhos[v] = spearman(a, b)[0]
+        ious[v : v + 1], rhos[v : v + 1] = compare(flat[v][seen].unsqueeze(0), ref[0][seen].unsqueeze(0))
     return ious, rhos
