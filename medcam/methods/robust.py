@@ -379,6 +379,8 @@ class RobustCAM(CAMMethod):
         for start in range(0, len(rows_left), step):
             chunk = rows_left[start : start + step]
             batch = torch.cat([views[j].apply(x[i : i + 1]) for i, j in chunk])
+            if batch.ndim == 4:  # oneDNN runs 2D convolutions of a channels-last batch ~10 % faster
+                batch = batch.contiguous(memory_format=torch.channels_last)
             result = base.run(probe, batch, self._chunk_target(bound, chunk, views, masks), layers, raw)
             collect(result.maps, chunk, list(range(len(chunk))))
         return ViewMaps(aligned, valid, offsets, scales, views, rows, dropped, base, bound, output)
