@@ -1,7 +1,7 @@
 """The evaluation's files: results.csv and curves.csv, resumable and sharded.
 
-One row per sample x method in ``results.csv`` (``sample, method, status, seconds``
-and the metric columns); one row per sample x method x curve in ``curves.csv``
+One row per sample x method in ``results.csv`` (``sample, method, status, seconds,
+warmup`` and the metric columns); one row per sample x method x curve in ``curves.csv``
 (the deletion / insertion scores at each step). Rows are appended and flushed one
 by one, curves before their result row, so an interrupted run loses at most the
 row being written: on resume a torn last line is dropped, every (sample, method)
@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,13 @@ RESULTS = "results.csv"
 CURVES = "curves.csv"
 SETTINGS = "evaluation.json"
 SHARDS = "shards"
-BASE_FIELDS = ("sample", "method", "status", "seconds")
+BASE_FIELDS = ("sample", "method", "status", "seconds", "warmup")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders embedded numbers by value: ``case_2`` before ``case_10``."""
+    return tuple((1, int(part)) if part.isdigit() else (0, part) for part in _DIGITS.split(text) if part)
 
 
 @dataclass(frozen=True)
@@ -220,8 +227,8 @@ def merge_shards(folder: Path, settings: EvaluationSettings, world: int) -> Path
         rows += _read_rows(store.results, store.header)[0]
         curves += _read_rows(store.curves, store.curve_header)[0]
     order = {spec.key: i for i, spec in enumerate(settings.methods)}
-    rows.sort(key=lambda r: (r["sample"], order.get(r["method"], len(order))))
-    curves.sort(key=lambda r: (r["sample"], order.get(r["method"], len(order)), r["kind"]))
+    rows.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order))))
+    curves.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order)), r["kind"]))
     write_atomic(Path(folder) / RESULTS, _csv_text(stores[0].header, rows))
     write_atomic(Path(folder) / CURVES, _csv_text(stores[0].curve_header, curves))
     return Path(folder) / RESULTS
