@@ -95,7 +95,7 @@ def test_end_to_end_writes_rows_curves_summary_and_plots(tmp_path: Path) -> None
     model, samples = classifier(), synthetic_set()
     seen: list[tuple[int, int, str]] = []
     run_evaluation(model, samples, settings, tmp_path, progress=lambda d, t, s: seen.append((d, t, s)))
-    assert [d for d, _, _ in seen] == list(range(1, 9)) and seen[-1] == (8, 8, "case_03 hires@conv0")
+    assert [d for d, _, _ in seen] == list(range(9)) and seen[-1] == (8, 8, "case_03 hires@conv0")
     rows = read_results(tmp_path)
     assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
     # each method's first explanation carries the warm-up and is timed apart

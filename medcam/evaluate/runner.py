@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from medcam.api import explain
@@ -56,6 +57,11 @@ class Sample:
     orientation: str | None = None
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def method_options(spec: MethodSpec, sample: Sample, seed: int) -> dict[str, Any]:
     """The entry's options, plus the sample's orientation and the run's seed where the method takes them."""
     options = dict(spec.options)
@@ -75,7 +81,7 @@ def _score(
     output: OutputSelector,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     row: dict[str, Any] = {"sample": sample.id, "method": spec.key}
-    x = sample.image.unsqueeze(0)
+    x = sample.image.unsqueeze(0).to(_device(model))
     method = create_method(spec.name, **method_options(spec, sample, settings.seed))
     try:
         started = time.perf_counter()
@@ -162,6 +168,7 @@ def run_evaluation(
     progress: Progress | None = None,
     title: str = "Evaluation",
     report: bool = True,
+    context: Mapping[str, Any] | None = None,
 ) -> Path:
     """Evaluate ``settings.methods`` x ``settings.metrics`` on this shard's ``samples`` into ``folder``.
 
@@ -170,19 +177,24 @@ def run_evaluation(
     Completed (sample, method) pairs in ``folder`` are skipped (resume). With one
     shard the report is written at the end (unless ``report=False``); with several,
     call :func:`finalize` once every shard has finished. ``progress(done, total, what)``
-    is called after each sample x method of this shard (``total`` = samples x methods).
+    is called at the start and after each sample x method of this shard (``total`` =
+    samples x methods).
     A row's ``warmup`` is 1 for each method's first explanation in this process, whose
-    time includes one-time costs (the summary's timing leaves it out). Returns ``folder``.
+    time includes one-time costs (the summary's timing leaves it out). ``context``: what
+    else decides the numbers (model, data; JSON-able), recorded with the settings so
+    that a resume with another one is refused. Returns ``folder``.
     """
     shard = shard or Shard()
     folder = Path(folder)
-    store = ResultStore(folder, settings, shard)
+    store = ResultStore(folder, settings, shard, context)
     done = store.open()
     mine = [i for i in range(len(samples)) if shard.owns(i)]
     keys = [spec.key for spec in settings.methods]
     total, count = len(mine) * len(keys), 0
     seen: set[str] = set()
     warmed: set[str] = set()  # methods whose first explanation in this process has run
+    if progress is not None:
+        progress(0, total, "")
     for index in mine:
         known = _known_id(samples, index)
         if known is not None and all((known, key) in done for key in keys):
