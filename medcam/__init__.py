@@ -22,8 +22,9 @@ from medcam.core.targets import (
     WholeImage,
     parse_pixel_set,
 )
+from medcam.level_choice import LevelRanking, LevelScore, rank_levels, recommend_level, score_levels
 from medcam.methods.registry import create_method, list_methods
-from medcam.models.levels import Level, discover_levels
+from medcam.models.levels import Level, LevelShape, discover_levels, measure_levels
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,9 @@ __all__ = [
     "Component",
     "Explanation",
     "Level",
+    "LevelRanking",
+    "LevelScore",
+    "LevelShape",
     "Mask",
     "PixelSet",
     "Predicted",
@@ -46,6 +50,10 @@ __all__ = [
     "discover_levels",
     "explain",
     "list_methods",
+    "measure_levels",
     "parse_pixel_set",
+    "rank_levels",
+    "recommend_level",
     "resolve_layers",
+    "score_levels",
 ]

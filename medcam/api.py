@@ -81,6 +81,8 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, x: Tensor) -> tuple[dict
         if layers == "levels":
             return levels, "levels: all"
         chosen = [n.strip() for n in layers.split(":", 1)[1].split(",") if n.strip()]
+        if not chosen:
+            raise LevelError(f"{layers!r} has no level names; use 'levels' or e.g. 'levels:enc2,bottleneck'")
         for name in chosen:
             if name not in levels:
                 raise LevelError(f"level {name!r} does not exist ({suggest(list(levels), name)})")

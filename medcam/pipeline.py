@@ -46,12 +46,14 @@ from medcam.core.targets import (
 )
 from medcam.errors import UserError
 from medcam.inference import SlidingWindow, predict, sliding_window_cam
+from medcam.level_choice import level_summary
 from medcam.methods.base import CAMMethod, PostProcessing
 from medcam.methods.registry import create_method, method_parameters
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle, load_checkpoint
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
+from medcam.volumes.montage import Montage
 from medcam.volumes.preprocessing import ModelInput, prepare
 from medcam.volumes.review import VolumeExplanation
 
@@ -287,16 +289,23 @@ def build_pixel_set(spec: str, volume: Volume, grid: ModelInput) -> tuple[PixelS
         lo, hi = grid.box_to_model(start, stop)
         return Box(lo, hi), f"box:{','.join(map(str, start))}:{','.join(map(str, stop))}"
     if lower.startswith("mask:"):
-        body = text[5:]
-        label: int | None = None
-        head, sep, tail = body.rpartition(":")
-        if sep and re.fullmatch(r"-?\d+", tail) and head:
-            body, label = head, int(tail)
-        mask = _mask_file(Path(body), volume, label)
-        definition = f"mask:{body}" + (f":{label}" if label is not None else "")
-        return Mask(grid.mask_to_model(mask), label=definition), definition
+        mask, definition = load_reference(text[5:], volume)
+        return Mask(grid.mask_to_model(mask), label=f"mask:{definition}"), f"mask:{definition}"
     pixel_set = parse_pixel_set(text)
     return pixel_set, pixel_set.describe()
+
+
+def load_reference(spec: str | Path, volume: Volume) -> tuple[np.ndarray, str]:
+    """A mask file ``FILE[:LABEL]`` on ``volume``'s voxel grid (shape and affine checked) and its definition.
+
+    Without a label every non-zero voxel is in the mask; with one, the voxels of that value.
+    """
+    body, label = str(spec), None
+    head, sep, tail = body.rpartition(":")
+    if sep and re.fullmatch(r"-?\d+", tail) and head:
+        body, label = head, int(tail)
+    mask = _mask_file(Path(body), volume, label)
+    return mask, body + (f":{label}" if label is not None else "")
 
 
 def _mask_file(path: Path, volume: Volume, label: int | None) -> np.ndarray:
@@ -416,10 +425,15 @@ def explain_volume(
     seed: int = 0,
     progress: bool = False,
     method_options: Mapping[str, Any] | None = None,
+    reference: str | Path | None = None,
+    montage: Montage | None = None,
 ) -> VolumeExplanation:
     """Explain ``class_name`` on one image with the checkpoint ``model`` (default: the demo model).
 
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
+    With several layers (``layer="levels"``) or a ``reference`` mask (``FILE[:LABEL]`` on
+    the image's grid), ``summary["levels"]`` holds each layer's localisation numbers
+    (:mod:`medcam.level_choice`); ``montage`` styles the level montage PNG.
     Torch's random state is seeded with ``seed`` for the call and restored afterwards.
     """
     device = _check_device(device)
@@ -442,6 +456,8 @@ def explain_volume(
             seed=seed,
             progress=progress,
             method_options=method_options,
+            reference=reference,
+            montage=montage,
         )
 
 
@@ -462,6 +478,8 @@ def _explain_volume(
     seed: int = 0,
     progress: bool = False,
     method_options: Mapping[str, Any] | None = None,
+    reference: str | Path | None = None,
+    montage: Montage | None = None,
 ) -> VolumeExplanation:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -475,6 +493,7 @@ def _explain_volume(
     cam = create_method(method, **dict(method_options or {}))
     post = PostProcessing(relu=relu, normalization=normalize)
     vol = volume if isinstance(volume, Volume) else load_volume(volume)
+    truth, truth_definition = load_reference(reference, vol) if reference is not None else (None, None)
     lap("load_volume")
     loaded = load_model(model, device)
     bundle, meta = loaded.bundle, loaded.bundle.meta
@@ -579,6 +598,10 @@ def _explain_volume(
         "seed": seed,
         "device": device,
     }
+    if len(maps) > 1 or truth is not None:
+        summary["levels"] = level_summary(
+            maps, paths=layers, region=pixels_src, reference=truth, reference_definition=truth_definition
+        )
     window_values = meta.preprocessing
     image_window = (
         (float(window_values.a_min), float(window_values.a_max))
@@ -595,6 +618,8 @@ def _explain_volume(
         segments=_segments(meta) if segmentation else {},
         summary=summary,
         image_window=image_window,
+        reference=truth,
+        montage=montage or Montage(),
     )
 
 
@@ -852,6 +877,7 @@ __all__ = [
     "explain_volume",
     "inspect_model",
     "load_model",
+    "load_reference",
     "rank_and_world",
     "resolve_class",
     "volume_format",

@@ -22,6 +22,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "explain": "explain",
     "info": "info",
+    "levels": "levels",
 }
 
 

@@ -50,6 +50,7 @@ def add_parser(sub: Any) -> None:
         metavar="NAME",
         help="auto | levels | levels:enc1,bottleneck | module path(s), comma-separated (default: auto)",
     )
+    add_level_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder (default: medcam_<input name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
@@ -66,6 +67,47 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: bool = False) -> None:
+    """``--levels``, ``--reference`` and the montage options (shared with ``medcam levels``)."""
+    parser.add_argument(
+        "--levels",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
+        help="explain U-Net levels in one pass: all of them, or e.g. --levels enc2,bottleneck "
+        "(writes levels/<name>.nii.gz and montage.png; see medcam info --model)",
+    )
+    parser.add_argument(
+        "--reference",
+        required=reference_required,
+        metavar="MASK[:LABEL]",
+        help="a reference mask on the input's voxel grid; adds pointing game, Dice and a level ranking to summary.json",
+    )
+    parser.add_argument(
+        "--montage-scale",
+        choices=("shared", "per-level"),
+        default="shared",
+        help="montage colour scale: one for all levels, or one per level (default: shared)",
+    )
+    parser.add_argument("--montage-slices", type=int, default=5, help="slices (columns) in the montage (default: 5)")
+    parser.add_argument("--montage-crop", action="store_true", help="zoom the montage panels onto M (or the reference)")
+
+
+def level_layer(args: argparse.Namespace) -> str:
+    """The layer spec of ``--layer`` and ``--levels`` (which must not both be given)."""
+    from medcam.errors import UserError
+
+    if args.levels is None:
+        return str(args.layer)
+    if args.layer != "auto":
+        raise UserError(f"give --levels or --layer, not both (got --levels {args.levels} and --layer {args.layer})")
+    names = [n.strip() for n in args.levels.split(",") if n.strip()]
+    if not names:
+        raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
+    return "levels" if names == ["all"] else "levels:" + ",".join(names)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -73,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from medcam import pipeline
     from medcam.cli.method_options import check_method_options, parse_method_options
     from medcam.errors import UserError
+    from medcam.volumes.montage import Montage
 
     method = args.method or pipeline.DEFAULT_METHOD
     method_options = parse_method_options(args.method_options)
@@ -82,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         "method": method,
         "method_options": method_options,
         "pixels": args.pixels,
-        "layer": args.layer,
+        "layer": level_layer(args),
+        "montage": Montage(args.montage_scale, args.montage_slices, args.montage_crop),
         "device": args.device,
         "overlap": args.overlap,
         "blend": args.blend,
@@ -95,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
     single = args.volume or args.image
     if single is not None:
         out = Path(args.out) if args.out else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
-        written = pipeline.explain_case(single, out, class_name=args.class_name, overwrite=args.overwrite, **options)
+        written = pipeline.explain_case(
+            single, out, class_name=args.class_name, overwrite=args.overwrite, reference=args.reference, **options
+        )
         print(f"medcam: wrote {written}")
         return 0
+    if args.reference:
+        raise UserError("--reference is one mask for one image; use it with --volume or --image, not with a batch")
     if not args.out:
         raise UserError("--datalist and --folder need --out DIR (one sub-folder per case is written there)")
     cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"patch (sliding window): {patch}")
     print("default layer (--layer auto): " + (", ".join(meta.cam_layers) if meta.cam_layers else info["auto_layer"]))
     size = " x ".join(str(s) for s in info["input_size"])
-    title = "layers" if args.all_layers else "U-Net levels (--layer levels or levels:NAME,...)"
+    title = "layers" if args.all_layers else "U-Net levels (--levels, or --levels NAME,...)"
     if not info["layers"]:
         print(f"{title}: none found; pass module paths to --layer (see --all-layers)")
         return 0

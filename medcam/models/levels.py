@@ -2,24 +2,45 @@
 
 A U-Net's levels, in data-flow order: ``enc0..encN`` (encoder stage outputs, before
 the next down-sampling), ``bottleneck``, ``dec0..decM`` (decoder stage outputs) and
-``final`` (the last feature map before the output convolution). When the last
-decoder stage IS that feature map it is called ``final``, not ``decM``.
+``final`` (the last feature map before the output layer). When the last decoder
+stage IS that feature map it is called ``final``, not ``decM``.
 
 Discovery reads the module structure of MONAI ``UNet``, ``BasicUNet``, ``DynUNet``
 and segmentation-models-pytorch ``Unet`` (also when wrapped inside another module);
-any other network takes an explicit list of module paths.
+any other network takes an explicit list of module paths. Per architecture
+(docs/levels.md has the tables):
+
+* MONAI ``UNet``: every encoder stage starts with a strided convolution, so there is
+  no full-resolution encoder feature map: ``enc0`` is the first down block's output at
+  1/s0 of the input, ``encI`` the I-th down block's output (the feature map right
+  before the next strided convolution; where a classic U-Net pools). ``bottleneck``
+  is the bottom block, ``decI`` the inner up blocks. The outermost up block (a
+  transposed convolution, plus a residual unit when ``num_res_units > 0``) outputs the
+  logits itself, so ``final`` is its input: the outermost skip concatenation
+  ``[enc0, last decoder block]`` (2 x channels[0] channels, at 1/s0).
+* MONAI ``BasicUNet``: ``conv_0`` (full resolution), ``down_1..down_3``, bottleneck
+  ``down_4``, ``upcat_4..upcat_2``, ``final`` = ``upcat_1`` (before the 1x1 ``final_conv``).
+* MONAI ``DynUNet``: ``input_block``, ``downsamples.*``, ``bottleneck``,
+  ``upsamples.*`` with the last one as ``final`` (before the 1x1 ``output_block``);
+  deep-supervision heads are side outputs and not levels.
+* smp ``Unet``: the encoder features its decoder consumes, each mapped to the module
+  that produces it (resnet: ``relu``, ``layer1..layer3``, bottleneck ``layer4``); the
+  decoder's center block is the bottleneck when there is one (vgg encoders);
+  ``decoder.blocks.*`` with the last one as ``final`` (before the segmentation head).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from medcam.core.hooks import evaluation_mode, select_output
+from medcam.core.hooks import LayerCapture, evaluation_mode, select_output
 from medcam.errors import UserError
 
 
@@ -33,6 +54,16 @@ class Level:
 
     name: str
     path: str
+
+
+@dataclass(frozen=True)
+class LevelShape:
+    """A level measured on an input: channels and spatial grid of its output."""
+
+    name: str
+    path: str
+    channels: int
+    grid: tuple[int, ...]
 
 
 def _named(encoders: list[str], bottleneck: str, decoders: list[str], final: str) -> list[Level]:
@@ -49,24 +80,28 @@ def _monai_unet(model: nn.Module) -> list[Level] | None:
 
     if not isinstance(model, UNet):
         return None
-    # model.model = Sequential(down, SkipConnection(Sequential(down, SkipConnection(...), up)), up)
+
+    def connection(node: Any) -> bool:  # Sequential(down, SkipConnection(...), up)
+        return isinstance(node, nn.Sequential) and len(node) == 3 and isinstance(node[1], SkipConnection)
+
+    node: Any = model.model
+    if not connection(node):
+        raise LevelError(
+            f"this {type(model).__name__} does not have MONAI UNet's Sequential(down, SkipConnection, up) "
+            "structure (a customised subclass?); pass layers=[module paths]"
+        )
     encoders, decoders = [], []
-    node: nn.Module = model.model
     path = "model"
     while True:
         encoders.append(f"{path}.0")
         decoders.append(f"{path}.2")
-        inner = node[1].submodule  # type: ignore[index]
-        inner_path = f"{path}.1.submodule"
-        if isinstance(inner, nn.Sequential) and len(inner) == 3 and isinstance(inner[1], SkipConnection):
-            node, path = inner, inner_path
-            continue
-        bottleneck = inner_path
-        break
-    # the outermost up path produces the logits; the last feature map before it is the
-    # outermost skip connection's concatenation
-    inner_decoders = decoders[1:][::-1]
-    return _named(encoders, bottleneck, inner_decoders, "model.1")
+        inner, inner_path = node[1].submodule, f"{path}.1.submodule"
+        if not connection(inner):
+            break
+        node, path = inner, inner_path
+    # decoders were collected outside-in; the outermost up block produces the logits, so the
+    # last feature map before it is the outermost skip connection's concatenation
+    return _named(encoders, inner_path, decoders[1:][::-1], "model.1")
 
 
 def _basic_unet(model: nn.Module) -> list[Level] | None:
@@ -94,20 +129,96 @@ def _smp_unet(model: nn.Module) -> list[Level] | None:
         return None
     if not isinstance(model, Unet):
         return None
-    # encoder stages: for each resolution the encoder produces, the last direct child of
-    # the encoder that outputs it (resnet: relu, layer1, layer2, layer3, layer4)
-    channels = getattr(model.encoder, "_in_channels", 3)
-    probe = torch.zeros(1, channels, 64, 64)
-    order = _output_order(model.encoder, probe, prefix="encoder")
-    stages: dict[tuple[int, ...], str] = {}
-    for path, shape in order:
-        if path.count(".") == 1 and len(shape) == 4:
-            stages[tuple(shape[2:])] = path
-    paths = list(stages.values())
-    if len(paths) < 2:
-        raise LevelError(f"cannot find the stages of the {type(model.encoder).__name__} encoder; pass layer paths")
+    encoder = model.encoder
+    name = getattr(model, "name", type(encoder).__name__)
+    reference = next(encoder.parameters(), None)
+    channels = int(getattr(encoder, "_in_channels", 3))
+    # 64 px: divisible by every smp encoder's output stride (at most 32)
+    probe = torch.zeros(
+        1,
+        channels,
+        64,
+        64,
+        device=reference.device if reference is not None else None,
+        dtype=reference.dtype if reference is not None else None,
+    )
+    features, producers = _feature_producers(encoder, probe)
+    center = getattr(model.decoder, "center", None)
+    has_center = isinstance(center, nn.Module) and not isinstance(center, nn.Identity)
+    paths: list[str] = []
+    for index, (feature, producer) in enumerate(zip(features, producers, strict=True)):
+        if feature.shape[1] == 0:
+            continue  # a placeholder some encoders return for a stage they do not have
+        if producer is None:
+            if index == 0 and feature.shape == probe.shape:
+                continue  # the input itself (most encoders list it first; the decoder drops it)
+            raise LevelError(
+                f"smp Unet {name}: encoder feature {index} ({feature.shape[1]} channels at "
+                f"{tuple(feature.shape[2:])} for a 64 x 64 input) is computed outside any module, so it "
+                f"cannot be hooked; pass layers=[module paths], e.g. the decoder blocks "
+                f"{', '.join(f'decoder.blocks.{i}' for i in range(len(model.decoder.blocks)))}"
+            )
+        paths.append(f"encoder.{producer}")
+    if has_center:
+        encoders, bottleneck = paths, "decoder.center"
+    else:
+        encoders, bottleneck = paths[:-1], paths[-1] if paths else ""
+    if not bottleneck:
+        raise LevelError(f"smp Unet {name}: no encoder feature comes from a module; pass layers=[module paths]")
     blocks = [f"decoder.blocks.{i}" for i in range(len(model.decoder.blocks))]
-    return _named(paths[:-1], paths[-1], blocks[:-1], blocks[-1])
+    return _named(encoders, bottleneck, blocks[:-1], blocks[-1])
+
+
+def _feature_producers(encoder: nn.Module, x: Tensor) -> tuple[list[Tensor], list[str | None]]:
+    """An smp encoder's feature list and, per feature, the module whose call produced it.
+
+    A module produces a tensor when it returns it and did not just pass it through:
+    an identity (e.g. the padding of the next stage's first convolution) returns its
+    input unchanged and is skipped, an in-place activation changes its input and
+    counts. Of several producers (a block and the wrapper that returns its output) the
+    last to finish is taken: hooking it replaces exactly what the encoder hands on.
+    """
+    finished: list[tuple[str, Tensor]] = []
+    # per module, a stack of calls: the (tensor, version) of each tensor input at call time
+    started: dict[int, list[list[tuple[Tensor, int]]]] = {}
+    handles = []
+
+    def before(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        seen = [(t, t._version) for t in inputs if isinstance(t, Tensor)]
+        started.setdefault(id(module), []).append(seen)
+
+    def after(path: str) -> Callable[[nn.Module, Any, Any], None]:
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls = started.get(id(module))
+            seen = calls.pop() if calls else []
+            if not isinstance(output, Tensor):
+                return
+            if not any(t is output and t._version == version for t, version in seen):
+                finished.append((path, output))
+
+        return record
+
+    try:
+        for path, module in encoder.named_modules():
+            if path:
+                handles.append(module.register_forward_pre_hook(before))
+                handles.append(module.register_forward_hook(after(path)))
+        with torch.no_grad(), evaluation_mode(encoder):
+            features = list(encoder(x))
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LevelError(
+            f"could not run the smp encoder {type(encoder).__name__} on a {tuple(x.shape)} probe to find its "
+            f"stages ({first}); pass layers=[module paths]"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    producers: list[str | None] = []
+    for feature in features:
+        matches = [path for path, output in finished if output is feature]
+        producers.append(matches[-1] if matches else None)
+    return features, producers
 
 
 _FINDERS: tuple[Callable[[nn.Module], list[Level] | None], ...] = (_monai_unet, _basic_unet, _dyn_unet, _smp_unet)
@@ -126,6 +237,45 @@ def discover_levels(model: nn.Module) -> list[Level]:
         f"levels are discovered for MONAI UNet, BasicUNet, DynUNet and smp Unet, not for "
         f"{type(model).__name__}; pass layers=[module paths] instead"
     )
+
+
+def measure_levels(
+    model: nn.Module, x: Tensor, levels: Sequence[Level] | Mapping[str, str] | None = None
+) -> list[LevelShape]:
+    """Channels and output grid of each level (default: the discovered ones) for input ``x``.
+
+    One forward pass without autograd, in eval mode; hooks are removed afterwards.
+    ``levels`` may also be ``{name: module path}`` for any network.
+    """
+    if levels is None:
+        levels = discover_levels(model)
+    named = list(levels.items()) if isinstance(levels, Mapping) else [(lv.name, lv.path) for lv in levels]
+    paths = list(dict.fromkeys(path for _, path in named))
+    with torch.no_grad(), evaluation_mode(model), LayerCapture(model, paths) as capture:
+        model(x)
+    capture.check()
+    shapes = []
+    for name, path in named:
+        out = capture.activations[path]
+        shapes.append(LevelShape(name, path, int(out.shape[1]), tuple(int(s) for s in out.shape[2:])))
+    return shapes
+
+
+_LEVEL_NAME = re.compile(r"^(enc|dec)(\d+)$")
+
+
+def level_order(names: Sequence[str]) -> list[str]:
+    """``names`` in U-Net data-flow order (enc*, bottleneck, dec*, final); other names keep their place after."""
+    rank = {"bottleneck": (1, 0), "final": (3, 0)}
+
+    def key(item: tuple[int, str]) -> tuple[int, int]:
+        index, name = item
+        match = _LEVEL_NAME.match(name)
+        if match:
+            return (0 if match.group(1) == "enc" else 2, int(match.group(2)))
+        return rank.get(name, (4, index))
+
+    return [name for _, name in sorted(enumerate(names), key=key)]
 
 
 def _output_order(model: nn.Module, x: Tensor, prefix: str = "") -> list[tuple[str, tuple[int, ...]]]:

@@ -2,7 +2,8 @@
 
 Layout (``--out DIR``): ``heatmap.nii.gz`` (the primary layer), ``<extra>.nii.gz`` for
 each extra map a method returns (uncertainty, agreement, ...), ``levels/<layer>.nii.gz``
-and ``levels/<layer>_<extra>.nii.gz`` when several layers were explained,
+and ``levels/<layer>_<extra>.nii.gz`` and ``montage.png`` (rows = levels, columns = slices
+through M; :mod:`medcam.volumes.montage`) when several layers were explained,
 ``prediction.nii.gz`` and ``prediction.seg.nrrd`` (segmentation models),
 ``heatmap.png`` (2D inputs), ``preview.png``, ``preview_uncertainty.png`` (when the method
 returns an ``uncertainty``: map and uncertainty side by side), ``summary.json``, and the Slicer package:
@@ -17,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from medcam.volumes.folders import atomic_folder, check_output
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume
+from medcam.volumes.montage import Montage, write_level_montage
 from medcam.volumes.preview import (
     DEFAULT_THRESHOLD,
     UNCERTAINTY_COLORMAP,
@@ -72,7 +74,9 @@ class VolumeExplanation:
     ``maps``: layer alias -> float32 array (input spatial shape); ``primary`` names the
     one written as ``heatmap.nii.gz``; ``extras``: extra name -> alias -> array;
     ``prediction``: label values on the input grid (segmentation) or ``None``;
-    ``pixels``: the explained pixel set M on the input grid (segmentation) or ``None``.
+    ``pixels``: the explained pixel set M on the input grid (segmentation) or ``None``;
+    ``reference``: a reference mask on the input grid (localisation numbers) or ``None``;
+    ``montage``: how ``montage.png`` is drawn when there are several maps.
     """
 
     volume: Volume
@@ -84,6 +88,8 @@ class VolumeExplanation:
     segments: Mapping[int, str]
     summary: Mapping[str, Any]
     image_window: tuple[float, float] | None = None
+    reference: np.ndarray | None = None
+    montage: Montage = field(default_factory=Montage)
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -131,6 +137,8 @@ class VolumeExplanation:
                         write_nifti_like(volume, per_layer[alias], folder / extra_file)
                         levels[f"{alias}:{name}"] = extra_file
             outputs["levels"] = levels
+            write_level_montage(folder / "montage.png", self)
+            outputs["montage"] = "montage.png"
         if volume.spatial_dims == 2:
             write_map_png(folder / "heatmap.png", self.heatmap)
             outputs["heatmap_png"] = "heatmap.png"
