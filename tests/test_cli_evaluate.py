@@ -24,8 +24,8 @@ import medcam
 import medcam.evaluate.runner as runner
 from medcam.cli import main
 from medcam.data.iqothnccd import IQOTH_CLASSES
-from medcam.errors import UserError
 from medcam.data.synthetic import write_iqothnccd_dataset, write_kits_dataset
+from medcam.errors import UserError
 from medcam.evaluate import read_results
 from medcam.evaluate.config import load_config
 from medcam.evaluate.samples import open_samples
@@ -250,6 +250,15 @@ def test_localisation_without_ground_truth_masks_is_refused(slices: tuple[Path, 
     path = write_config(tmp_path / "c.yaml", config)
     with pytest.raises(UserError, match="localisation metrics need a ground-truth mask"):
         open_samples(load_config(path), load_checkpoint(model).meta)
+
+
+def test_model_demo_names_the_shipped_checkpoint(tmp_path: Path) -> None:
+    config = kits_config(tmp_path, tmp_path / "unused.pt", tmp_path / "out")
+    config["model"] = "demo"
+    assert load_config(write_config(tmp_path / "c.yaml", config)).model.checkpoint is None  # DEMO_CHECKPOINT
+    config["model"] = "demonstration"
+    with pytest.raises(UserError, match="model must be 'demo' or a mapping"):
+        load_config(write_config(tmp_path / "c.yaml", config))
 
 
 def test_the_command_line_exits_2_on_a_bad_config(tmp_path: Path) -> None:

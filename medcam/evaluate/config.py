@@ -3,7 +3,7 @@
 ::
 
     title: Demo U-Net on KiTS-like phantoms             # summary.md heading (default: file name)
-    model: {checkpoint: null, device: cpu, threads: 1}  # null: the shipped demo model
+    model: {checkpoint: null, device: cpu, threads: 1}  # null (or model: demo): the shipped demo model
     data: {kind: kits23, root: data/eval_phantom, split: test, samples: 10, pad_to_multiple: 8}
     target: {class: tumor, pixels: predicted, truth: tumor}
     evaluation: {methods: [...], metrics: [...], faithfulness: {...}}   # EvaluationSettings
@@ -32,6 +32,8 @@ from medcam.train.config import DATASET_KINDS, ConfigError, DatasetConfig, build
 # target.class values that are not class names (classifiers only)
 PREDICTED_CLASS = "predicted"
 TRUE_CLASS = "label"
+# model value: the shipped demo model (medcam.models.checkpoint.DEMO_CHECKPOINT)
+DEMO_MODEL = "demo"
 # target.pixels value: M is the sample's ground-truth mask (segmentation)
 TRUTH_PIXELS = "truth"
 
@@ -156,8 +158,12 @@ def parse_config(data: Any, name: str = "evaluation") -> EvaluationConfig:
         if required not in data:
             raise ConfigError(f"the evaluation config needs a '{required}' section")
     model_data = data.get("model") or {}
+    if model_data == DEMO_MODEL:
+        model_data = {}  # the shipped demo model, on the CPU
     if not isinstance(model_data, Mapping):
-        raise ConfigError("model must be a mapping, e.g. model: {checkpoint: runs/x/best.pt}")
+        raise ConfigError(
+            f"model must be '{DEMO_MODEL}' or a mapping, e.g. model: {{checkpoint: runs/x/best.pt}}; got {model_data!r}"
+        )
     if not isinstance(data["data"], Mapping):
         raise ConfigError("data must be a mapping, e.g. data: {kind: kits23, root: data/kits23, split: test}")
     evaluation = EvaluationSettings.from_mapping(data["evaluation"])
