@@ -216,6 +216,18 @@ def test_sanity_columns_follow_the_cascade(tmp_path: Path) -> None:
     assert "Sanity: similarity" in (tmp_path / "summary.md").read_text()
 
 
+def test_sanity_runs_on_the_first_samples_only_when_asked(tmp_path: Path) -> None:
+    settings = EvaluationSettings.from_mapping(
+        {"methods": ["gradcam"], "metrics": ["average_drop", "sanity"], "sanity": {"groups": 2, "samples": 1}}
+    )
+    run_evaluation(classifier(), synthetic_set(3), settings, tmp_path, report=False)
+    rows = read_results(tmp_path)
+    assert [r["sanity_spearman"] != "" for r in rows] == [True, False, False]
+    assert all(r["drop"] != "" for r in rows)
+    with pytest.raises(UserError, match="sanity samples must be at least 1"):
+        EvaluationSettings.from_mapping({"methods": ["gradcam"], "sanity": {"samples": 0}})
+
+
 def test_segmentation_samples_with_an_empty_pixel_set_are_skipped_and_reported(tmp_path: Path) -> None:
     settings = EvaluationSettings.from_mapping(
         {"methods": [{"name": "hirescam", "layers": "conv"}], "metrics": ["average_drop", "localisation"]}

@@ -79,6 +79,7 @@ def _score(
     spec: MethodSpec,
     settings: EvaluationSettings,
     output: OutputSelector,
+    sanity: bool = True,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     row: dict[str, Any] = {"sample": sample.id, "method": spec.key}
     x = sample.image.unsqueeze(0).to(_device(model))
@@ -135,7 +136,7 @@ def _score(
             energy_inside=float(energy_inside(maps, truth)[0]),
             dice=float(dice(maps, truth, loc.threshold)[0]),
         )
-    if "sanity" in settings.metrics:
+    if "sanity" in settings.metrics and sanity:
         check = cascading_randomisation(
             model,
             x,
@@ -208,7 +209,9 @@ def run_evaluation(
         for spec in settings.methods:
             count += 1
             if (sample.id, spec.key) not in done:
-                row, curves = _score(model, sample, spec, settings, output)
+                # the sanity check only on the split's first sanity.samples samples (it is costly)
+                sanity = settings.sanity.samples is None or index < settings.sanity.samples
+                row, curves = _score(model, sample, spec, settings, output, sanity)
                 if row["status"] == "ok":
                     row["warmup"] = spec.key not in warmed
                     warmed.add(spec.key)

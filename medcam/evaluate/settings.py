@@ -120,8 +120,11 @@ class SanitySettings:
 
     groups: int | None = 5
     mode: RandomisationMode = "gaussian"
+    samples: int | None = None  # only the first N samples of the split (None: all); the check is costly
 
     def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"sanity samples must be at least 1 (or null: every sample), got {self.samples}")
         if self.groups is not None and self.groups < 1:
             raise UserError(f"sanity groups must be at least 1 (or null: one step per module), got {self.groups}")
         if self.mode not in ("gaussian", "reset"):
