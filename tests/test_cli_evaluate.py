@@ -9,6 +9,7 @@ resumes, shards merge, and bad configs fail with one clear line.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -268,3 +269,41 @@ def test_the_command_line_exits_2_on_a_bad_config(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "medcam: error: the evaluation config needs a 'target' section"
+
+
+@pytest.mark.parametrize("name", ["eval_kits_phantom", "eval_iqothnccd_classifier"])
+def test_the_shipped_evaluation_configs_parse(name: str) -> None:
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config.output == f"runs/{name}"
+    if name == "eval_kits_phantom":
+        assert config.model.checkpoint is None and config.target.truth == "tumor"
+        assert [m.name for m in config.evaluation.methods] == ["gradcam", "hirescam", "fusioncam", "robustcam"]
+    else:
+        assert config.data.split == "test" and config.data.split_seed == 42  # the training config's split
+        assert config.evaluation.sanity.samples is not None
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_ranks_shard_and_rank0_merges(phantoms: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two ranks under the real launcher (gloo): rank 0 merges; the rows equal a single-process run."""
+    root, model = phantoms
+    changes = {"evaluation": {"methods": ["gradcam"], "metrics": ["localisation"]}}
+    config = write_config(tmp_path / "c.yaml", kits_config(root, model, tmp_path / "x", **changes))
+    one, ranks = tmp_path / "one", tmp_path / "ranks"
+    assert main(["evaluate", "--config", str(config), "--out", str(one), "--no-progress"]) == 0
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), environment.get("PYTHONPATH", "")])
+    environment["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "medcam",
+         "evaluate", "--config", str(config), "--out", str(ranks), "--no-progress"],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (ranks / "shards").glob("results.rank*.csv")) == [
+        "results.rank0-of-2.csv",
+        "results.rank1-of-2.csv",
+    ]
+    assert (ranks / "summary.md").is_file()
+    assert timeless(ranks) == timeless(one)
