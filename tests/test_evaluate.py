@@ -60,7 +60,8 @@ def synthetic_set(count: int = 4) -> list[Sample]:
 
 def rows_by_key(folder: Path) -> dict[tuple[str, str], dict[str, str]]:
     rows = read_results(folder)
-    return {(r["sample"], r["method"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows}
+    timing = ("seconds", "warmup")
+    return {(r["sample"], r["method"]): {k: v for k, v in r.items() if k not in timing} for r in rows}
 
 
 def test_settings_reject_unknown_keys_and_names() -> None:
@@ -94,9 +95,11 @@ def test_end_to_end_writes_rows_curves_summary_and_plots(tmp_path: Path) -> None
     model, samples = classifier(), synthetic_set()
     seen: list[tuple[int, int, str]] = []
     run_evaluation(model, samples, settings, tmp_path, progress=lambda d, t, s: seen.append((d, t, s)))
-    assert seen[-1] == (4, 4, "case_03")
+    assert [d for d, _, _ in seen] == list(range(9)) and seen[-1] == (8, 8, "case_03 hires@conv0")
     rows = read_results(tmp_path)
     assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    # each method's first explanation carries the warm-up and is timed apart
+    assert [r["warmup"] for r in rows] == ["1", "1"] + ["0"] * 6
     assert {r["method"] for r in rows} == {"gradcam", "hires@conv0"}
     for r in rows:
         assert 0.0 <= float(r["box_iou"]) <= 1.0 and r["pointing_game"] in ("0", "1")
@@ -108,6 +111,7 @@ def test_end_to_end_writes_rows_curves_summary_and_plots(tmp_path: Path) -> None
     summary = (tmp_path / "summary.md").read_text()
     assert "Average Drop (%) ↓" in summary and "Overall (ins - del) ↑" in summary and "Box IoU ↑" in summary
     assert "| hires@conv0 |" in summary and "| 4 |" in summary
+    assert "First explanation (s, with warm-up)" in summary and "| 3 |" in summary  # 3 timed explanations
     for name in ("curves.png", "metrics.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the recorded numbers are the metrics of the explanation itself
@@ -127,8 +131,8 @@ def test_resume_after_an_interruption_and_a_torn_row(tmp_path: Path, monkeypatch
     class StopError(Exception):
         pass
 
-    def interrupt(done: int, total: int, sample: str) -> None:
-        if done == 2:
+    def interrupt(done: int, total: int, what: str) -> None:
+        if done == 4:  # two samples x two methods
             raise StopError
 
     folder = tmp_path / "resumed"
@@ -148,6 +152,8 @@ def test_resume_after_an_interruption_and_a_torn_row(tmp_path: Path, monkeypatch
     run_evaluation(model, samples, settings, folder)
     assert len(calls) == 4  # samples 2 and 3 x 2 methods; samples 0 and 1 were not redone
     assert rows_by_key(folder) == rows_by_key(reference)
+    # the resumed process warmed up again, on its first sample
+    assert [r["warmup"] for r in read_results(folder)] == ["1", "1", "0", "0", "1", "1", "0", "0"]
     assert (folder / "summary.md").exists()
     # a rerun of a complete folder does nothing and keeps the results
     run_evaluation(model, samples, settings, folder, report=False)
@@ -210,6 +216,18 @@ def test_sanity_columns_follow_the_cascade(tmp_path: Path) -> None:
     assert "Sanity: similarity" in (tmp_path / "summary.md").read_text()
 
 
+def test_sanity_runs_on_the_first_samples_only_when_asked(tmp_path: Path) -> None:
+    settings = EvaluationSettings.from_mapping(
+        {"methods": ["gradcam"], "metrics": ["average_drop", "sanity"], "sanity": {"groups": 2, "samples": 1}}
+    )
+    run_evaluation(classifier(), synthetic_set(3), settings, tmp_path, report=False)
+    rows = read_results(tmp_path)
+    assert [r["sanity_spearman"] != "" for r in rows] == [True, False, False]
+    assert all(r["drop"] != "" for r in rows)
+    with pytest.raises(UserError, match="sanity samples must be at least 1"):
+        EvaluationSettings.from_mapping({"methods": ["gradcam"], "sanity": {"samples": 0}})
+
+
 def test_segmentation_samples_with_an_empty_pixel_set_are_skipped_and_reported(tmp_path: Path) -> None:
     settings = EvaluationSettings.from_mapping(
         {"methods": [{"name": "hirescam", "layers": "conv"}], "metrics": ["average_drop", "localisation"]}
@@ -225,3 +243,13 @@ def test_segmentation_samples_with_an_empty_pixel_set_are_skipped_and_reported(t
     assert rows["lesion"]["status"] == "ok" and float(rows["lesion"]["pointing_game"]) == 1.0
     assert rows["normal"]["status"].startswith("skipped: the pixel set M")
     assert "1 sample x method pair(s) were skipped" in (tmp_path / "summary.md").read_text()
+
+
+def test_merged_shards_sort_sample_ids_naturally(tmp_path: Path) -> None:
+    settings = EvaluationSettings.from_mapping({"methods": ["gradcam"], "metrics": ["localisation"]})
+    names = ["case_10", "case_9", "case_2", "case_1"]
+    samples = [Sample(n, s.image, s.target, s.truth) for n, s in zip(names, synthetic_set(), strict=True)]
+    for rank in (0, 1):
+        run_evaluation(classifier(), samples, settings, tmp_path, shard=Shard(rank, 2))
+    finalize(tmp_path, settings, 2)
+    assert [r["sample"] for r in read_results(tmp_path)] == ["case_1", "case_2", "case_9", "case_10"]

@@ -9,7 +9,10 @@ import pytest
 from medcam.models.factory import build_model
 from medcam.train.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# training configs only: configs/eval_*.yaml are medcam evaluate configs (tests/test_cli_evaluate.py)
+CONFIGS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if not p.stem.startswith("eval_")
+)
 OUTPUTS = {"kits23": 4, "kits23_slices": 4, "cityscapes": 19, "iqothnccd": 3, "decathlon": 4}
 
 

@@ -19,6 +19,7 @@ from medcam.errors import UserError
 # subcommand -> module under medcam.cli
 COMMANDS = {
     "demo": "demo",
+    "evaluate": "evaluate",
     "explain": "explain",
     "info": "info",
     "levels": "levels",

@@ -1,7 +1,7 @@
 """The evaluation's files: results.csv and curves.csv, resumable and sharded.
 
-One row per sample x method in ``results.csv`` (``sample, method, status, seconds``
-and the metric columns); one row per sample x method x curve in ``curves.csv``
+One row per sample x method in ``results.csv`` (``sample, method, status, seconds,
+warmup`` and the metric columns); one row per sample x method x curve in ``curves.csv``
 (the deletion / insertion scores at each step). Rows are appended and flushed one
 by one, curves before their result row, so an interrupted run loses at most the
 row being written: on resume a torn last line is dropped, every (sample, method)
@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,13 @@ RESULTS = "results.csv"
 CURVES = "curves.csv"
 SETTINGS = "evaluation.json"
 SHARDS = "shards"
-BASE_FIELDS = ("sample", "method", "status", "seconds")
+BASE_FIELDS = ("sample", "method", "status", "seconds", "warmup")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders embedded numbers by value: ``case_2`` before ``case_10``."""
+    return tuple((1, int(part)) if part.isdigit() else (0, part) for part in _DIGITS.split(text) if part)
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,18 @@ def _csv_text(header: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 class ResultStore:
     """The append-only result and curve files of one shard of an evaluation."""
 
-    def __init__(self, folder: Path, settings: EvaluationSettings, shard: Shard = Shard()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        settings: EvaluationSettings,
+        shard: Shard = Shard(),
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.settings = settings
         self.shard = shard
+        # what else decides the numbers (model, data, target): canonical JSON, checked on resume
+        self.context = json.dumps(context or {}, sort_keys=True, default=str)
         self.header = (*BASE_FIELDS, *settings.columns)
         steps = settings.faithfulness.steps
         self.curve_header = ("sample", "method", "kind", *(f"{i / steps:g}" for i in range(steps + 1)))
@@ -147,16 +162,18 @@ class ResultStore:
 
     def _check_settings(self) -> None:
         path = self.folder / SETTINGS
-        mine = self.settings.fingerprint()
+        mine = {"settings": self.settings.fingerprint(), "context": self.context}
         if path.exists():
-            theirs = json.loads(path.read_text()).get("settings")
+            written = json.loads(path.read_text())
+            theirs = {"settings": written.get("settings"), "context": written.get("context", "{}")}
             if theirs != mine:
+                what = "settings" if theirs["settings"] != mine["settings"] else "model, data or target"
                 raise UserError(
-                    f"{self.folder} holds an evaluation with other settings ({path}); resume it with the same "
-                    "settings or write to a new output folder"
+                    f"{self.folder} holds an evaluation with other {what} ({path}); resume it with the same "
+                    "config, pass --overwrite to start again, or write to a new output folder"
                 )
         else:
-            write_atomic(path, json.dumps({"format": 1, "settings": mine}, indent=2) + "\n")
+            write_atomic(path, json.dumps({"format": 1, **mine}, indent=2) + "\n")
 
     def append(self, row: Mapping[str, Any], curves: Mapping[str, Sequence[float]] = {}) -> None:
         """Record one sample x method: its curves first, then its result row."""
@@ -177,6 +194,15 @@ class ResultStore:
     def finish(self) -> None:
         """Mark this shard complete (merging waits for every shard's marker)."""
         write_atomic(self.done_marker, "done\n")
+
+
+def check_written_settings(folder: Path, settings: EvaluationSettings) -> None:
+    """``folder`` must hold an evaluation written with ``settings`` (before merging its shards)."""
+    path = Path(folder) / SETTINGS
+    if not path.exists():
+        raise UserError(f"{folder} is not an evaluation folder (no {SETTINGS}); give the output folder of the shards")
+    if json.loads(path.read_text()).get("settings") != settings.fingerprint():
+        raise UserError(f"{folder} was written with other evaluation settings ({path}); merge it with its own config")
 
 
 def read_results(folder: Path) -> list[dict[str, str]]:
@@ -220,8 +246,8 @@ def merge_shards(folder: Path, settings: EvaluationSettings, world: int) -> Path
         rows += _read_rows(store.results, store.header)[0]
         curves += _read_rows(store.curves, store.curve_header)[0]
     order = {spec.key: i for i, spec in enumerate(settings.methods)}
-    rows.sort(key=lambda r: (r["sample"], order.get(r["method"], len(order))))
-    curves.sort(key=lambda r: (r["sample"], order.get(r["method"], len(order)), r["kind"]))
+    rows.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order))))
+    curves.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order)), r["kind"]))
     write_atomic(Path(folder) / RESULTS, _csv_text(stores[0].header, rows))
     write_atomic(Path(folder) / CURVES, _csv_text(stores[0].curve_header, curves))
     return Path(folder) / RESULTS

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from medcam.api import explain
@@ -27,6 +28,7 @@ from medcam.evaluate.plots import plot_curves, plot_metrics
 from medcam.evaluate.results import ResultStore, Shard, merge_shards, read_curves, read_results, write_atomic
 from medcam.evaluate.settings import EvaluationSettings, MethodSpec
 from medcam.evaluate.summary import summary_markdown
+from medcam.methods.registry import create_method, method_parameters
 from medcam.metrics.faithfulness import average_drop_increase, deletion_insertion
 from medcam.metrics.localisation import box_localisation, dice, energy_inside, pointing_game
 from medcam.metrics.sanity import cascading_randomisation
@@ -43,12 +45,32 @@ class Sample:
     ``target``: what to explain (a class index, a ClassTarget / SegmentationTarget,
     or ``None`` for a classifier's predicted class). ``truth``: an optional boolean
     ground-truth mask ``(*spatial)`` on the input grid for the localisation metrics.
+    ``orientation``: axis codes of the image's spatial axes (e.g. ``"IPL"``), given to
+    methods that take an ``orientation`` option (RobustCAM's default views flip
+    left-right and rotate in the axial plane with it) unless the method entry sets one.
     """
 
     id: str
     image: Tensor
     target: Target | int | None = None
     truth: Tensor | None = None
+    orientation: str | None = None
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def method_options(spec: MethodSpec, sample: Sample, seed: int) -> dict[str, Any]:
+    """The entry's options, plus the sample's orientation and the run's seed where the method takes them."""
+    options = dict(spec.options)
+    accepted = method_parameters(spec.name)
+    if "orientation" in accepted and sample.orientation is not None:
+        options.setdefault("orientation", sample.orientation)
+    if "seed" in accepted:
+        options.setdefault("seed", seed)
+    return options
 
 
 def _score(
@@ -57,12 +79,14 @@ def _score(
     spec: MethodSpec,
     settings: EvaluationSettings,
     output: OutputSelector,
+    sanity: bool = True,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     row: dict[str, Any] = {"sample": sample.id, "method": spec.key}
-    x = sample.image.unsqueeze(0)
+    x = sample.image.unsqueeze(0).to(_device(model))
+    method = create_method(spec.name, **method_options(spec, sample, settings.seed))
     try:
         started = time.perf_counter()
-        exp = explain(model, x, spec.name, sample.target, spec.layers, output=output, **dict(spec.options))
+        exp = explain(model, x, method, sample.target, spec.layers, output=output)
         row["seconds"] = time.perf_counter() - started
     except TargetError as err:  # e.g. an empty pixel set for this sample: record and go on
         log.warning("sample %s, %s: skipped (%s)", sample.id, spec.key, err)
@@ -112,18 +136,17 @@ def _score(
             energy_inside=float(energy_inside(maps, truth)[0]),
             dice=float(dice(maps, truth, loc.threshold)[0]),
         )
-    if "sanity" in settings.metrics:
+    if "sanity" in settings.metrics and sanity:
         check = cascading_randomisation(
             model,
             x,
-            spec.name,
+            method,
             target,
             dict(exp.layers),
             groups=settings.sanity.groups,
             mode=settings.sanity.mode,
             seed=settings.seed,
             output=output,
-            **dict(spec.options),
         )
         (alias,) = exp.maps
         row.update(
@@ -146,37 +169,71 @@ def run_evaluation(
     progress: Progress | None = None,
     title: str = "Evaluation",
     report: bool = True,
+    context: Mapping[str, Any] | None = None,
 ) -> Path:
     """Evaluate ``settings.methods`` x ``settings.metrics`` on this shard's ``samples`` into ``folder``.
 
-    ``samples`` may be a lazy sequence: only this shard's items are indexed.
+    ``samples`` may be a lazy sequence: only this shard's items are indexed, and one
+    with a ``sample_id(index)`` method is not indexed at all for samples already done.
     Completed (sample, method) pairs in ``folder`` are skipped (resume). With one
     shard the report is written at the end (unless ``report=False``); with several,
-    call :func:`finalize` once every shard has finished. ``progress(done, total, sample_id)`` is called
-    after each sample. Returns ``folder``.
+    call :func:`finalize` once every shard has finished. ``progress(done, total, what)``
+    is called at the start and after each sample x method of this shard (``total`` =
+    samples x methods).
+    A row's ``warmup`` is 1 for each method's first explanation in this process, whose
+    time includes one-time costs (the summary's timing leaves it out). ``context``: what
+    else decides the numbers (model, data; JSON-able), recorded with the settings so
+    that a resume with another one is refused. Returns ``folder``.
     """
     shard = shard or Shard()
     folder = Path(folder)
-    store = ResultStore(folder, settings, shard)
+    store = ResultStore(folder, settings, shard, context)
     done = store.open()
     mine = [i for i in range(len(samples)) if shard.owns(i)]
+    keys = [spec.key for spec in settings.methods]
+    total, count = len(mine) * len(keys), 0
     seen: set[str] = set()
-    for count, index in enumerate(mine, 1):
+    warmed: set[str] = set()  # methods whose first explanation in this process has run
+    if progress is not None:
+        progress(0, total, "")
+    for index in mine:
+        known = _known_id(samples, index)
+        if known is not None and all((known, key) in done for key in keys):
+            _check_unique(known, seen)
+            count += len(keys)  # finished before: not even loaded
+            if progress is not None:
+                progress(count, total, f"{known} (done before)")
+            continue
         sample = samples[index]
-        if sample.id in seen:
-            raise UserError(f"sample id {sample.id!r} appears twice; sample ids must be unique")
-        seen.add(sample.id)
+        _check_unique(sample.id, seen)
         for spec in settings.methods:
-            if (sample.id, spec.key) in done:
-                continue
-            row, curves = _score(model, sample, spec, settings, output)
-            store.append(row, curves)
-        if progress is not None:
-            progress(count, len(mine), sample.id)
+            count += 1
+            if (sample.id, spec.key) not in done:
+                # the sanity check only on the split's first sanity.samples samples (it is costly)
+                sanity = settings.sanity.samples is None or index < settings.sanity.samples
+                row, curves = _score(model, sample, spec, settings, output, sanity)
+                if row["status"] == "ok":
+                    row["warmup"] = spec.key not in warmed
+                    warmed.add(spec.key)
+                store.append(row, curves)
+            if progress is not None:
+                progress(count, total, f"{sample.id} {spec.key}")
     store.finish()
     if shard.world == 1 and report:
         write_report(folder, settings, title)
     return folder
+
+
+def _known_id(samples: Sequence[Sample], index: int) -> str | None:
+    """A lazy sample source may name its samples without loading them (``sample_id(index)``)."""
+    namer = getattr(samples, "sample_id", None)
+    return str(namer(index)) if callable(namer) else None
+
+
+def _check_unique(sample_id: str, seen: set[str]) -> None:
+    if sample_id in seen:
+        raise UserError(f"sample id {sample_id!r} appears twice; sample ids must be unique")
+    seen.add(sample_id)
 
 
 def finalize(folder: str | Path, settings: EvaluationSettings, world: int, title: str = "Evaluation") -> Path:

@@ -28,7 +28,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 DEFAULT_METRICS = ("average_drop", "deletion_insertion", "localisation")
 
 
-def _reject_unknown(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+def reject_unknown(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         hints = [difflib.get_close_matches(k, allowed, n=1) for k in unknown]
@@ -44,7 +44,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise UserError(f"{where} must be a mapping of options, got {type(data).__name__}")
     names = [f.name for f in fields(cls)]
-    _reject_unknown(data, names, where)
+    reject_unknown(data, names, where)
     return cls(**data)
 
 
@@ -120,8 +120,11 @@ class SanitySettings:
 
     groups: int | None = 5
     mode: RandomisationMode = "gaussian"
+    samples: int | None = None  # only the first N samples of the split (None: all); the check is costly
 
     def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"sanity samples must be at least 1 (or null: every sample), got {self.samples}")
         if self.groups is not None and self.groups < 1:
             raise UserError(f"sanity groups must be at least 1 (or null: one step per module), got {self.groups}")
         if self.mode not in ("gaussian", "reset"):
@@ -162,7 +165,7 @@ class EvaluationSettings:
         """Settings from a plain mapping (a parsed YAML section); unknown keys are errors."""
         if not isinstance(data, Mapping):
             raise UserError(f"evaluation settings must be a mapping, got {type(data).__name__}")
-        _reject_unknown(data, [f.name for f in fields(cls)], "the evaluation settings")
+        reject_unknown(data, [f.name for f in fields(cls)], "the evaluation settings")
         if "methods" not in data:
             raise UserError("the evaluation settings need a 'methods' list, e.g. methods: [gradcam, hirescam]")
         methods = data["methods"]

@@ -149,6 +149,29 @@ def _curve(
     return PerturbationCurve("insertion" if insert else "deletion", fractions, torch.stack(rows))
 
 
+def _curves(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: TargetSpec,
+    plan: tuple[tuple[bool, BaselineSpec], ...],
+    steps: int,
+    blur_sigma: float | None,
+    batch_size: int,
+    seed: int,
+    output: OutputSelector,
+) -> list[PerturbationCurve]:
+    """One curve per ``(insert, substitute)`` of ``plan``, all on one bound target and one pixel order."""
+    maps = check_maps(x, maps)
+    with scoring(model, x, target, batch_size=batch_size, output=output) as scorer:
+        return [
+            _curve(
+                scorer, x, maps, resolve_baseline(x, spec, blur_sigma=blur_sigma), insert=insert, steps=steps, seed=seed
+            )
+            for insert, spec in plan
+        ]
+
+
 def deletion(
     model: nn.Module,
     x: Tensor,
@@ -163,10 +186,7 @@ def deletion(
     output: OutputSelector = None,
 ) -> PerturbationCurve:
     """Deletion curve: the most salient pixels replaced by ``baseline`` in ``1/steps`` steps."""
-    maps = check_maps(x, maps)
-    with scoring(model, x, target, batch_size=batch_size, output=output) as scorer:
-        substitute = resolve_baseline(x, baseline, blur_sigma=blur_sigma)
-        return _curve(scorer, x, maps, substitute, insert=False, steps=steps, seed=seed)
+    return _curves(model, x, maps, target, ((False, baseline),), steps, blur_sigma, batch_size, seed, output)[0]
 
 
 def insertion(
@@ -183,10 +203,7 @@ def insertion(
     output: OutputSelector = None,
 ) -> PerturbationCurve:
     """Insertion curve: from ``start`` (a blurred input by default), the most salient pixels restored first."""
-    maps = check_maps(x, maps)
-    with scoring(model, x, target, batch_size=batch_size, output=output) as scorer:
-        substitute = resolve_baseline(x, start, blur_sigma=blur_sigma)
-        return _curve(scorer, x, maps, substitute, insert=True, steps=steps, seed=seed)
+    return _curves(model, x, maps, target, ((True, start),), steps, blur_sigma, batch_size, seed, output)[0]
 
 
 def deletion_insertion(
@@ -204,11 +221,6 @@ def deletion_insertion(
     output: OutputSelector = None,
 ) -> DeletionInsertion:
     """Both curves with one bound target (same class and M) and the same pixel order."""
-    maps = check_maps(x, maps)
-    with scoring(model, x, target, batch_size=batch_size, output=output) as scorer:
-        removed = resolve_baseline(x, deletion_baseline, blur_sigma=blur_sigma)
-        started = resolve_baseline(x, insertion_start, blur_sigma=blur_sigma)
-        return DeletionInsertion(
-            _curve(scorer, x, maps, removed, insert=False, steps=steps, seed=seed),
-            _curve(scorer, x, maps, started, insert=True, steps=steps, seed=seed),
-        )
+    plan = ((False, deletion_baseline), (True, insertion_start))
+    removed, inserted = _curves(model, x, maps, target, plan, steps, blur_sigma, batch_size, seed, output)
+    return DeletionInsertion(removed, inserted)
