@@ -18,15 +18,21 @@ from collections.abc import Callable
 import torch
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
+def median_times(jobs: list[tuple[str, Callable[[], object]]], repeats: int) -> list[tuple[str, float]]:
+    """Median wall time of each job, the jobs interleaved round by round after one warm-up each.
+
+    Interleaving spreads drifts of the machine (clock speed, caches, other processes)
+    over every job instead of charging them to whichever ran first.
+    """
+    for _, fn in jobs:
         fn()
-    times = []
+    times: list[list[float]] = [[] for _ in jobs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for slot, (_, fn) in enumerate(jobs):
+            start = time.perf_counter()
+            fn()
+            times[slot].append(time.perf_counter() - start)
+    return [(name, statistics.median(t)) for (name, _), t in zip(jobs, times, strict=True)]
 
 
 def unet3d() -> torch.nn.Module:
@@ -66,12 +72,13 @@ def classifier_rows(repeats: int) -> list[tuple[str, float]]:
     def ours() -> None:
         medcam.explain(model, x, "gradcam", target=3, layers="layer4")
 
-    return [
-        ("forward only (no grad)", median_time(forward, repeats)),
-        ("captum LayerGradCam + upsample", median_time(captum_gradcam, repeats)),
-        ("pytorch-grad-cam GradCAM", median_time(grad_cam_lib, repeats)),
-        ("medcam gradcam", median_time(ours, repeats)),
+    jobs = [
+        ("forward only (no grad)", forward),
+        ("captum LayerGradCam + upsample", captum_gradcam),
+        ("pytorch-grad-cam GradCAM", grad_cam_lib),
+        ("medcam gradcam", ours),
     ]
+    return median_times(jobs, repeats)
 
 
 def segmentation_rows(shape: tuple[int, int, int], repeats: int) -> list[tuple[str, float]]:
@@ -95,11 +102,12 @@ def segmentation_rows(shape: tuple[int, int, int], repeats: int) -> list[tuple[s
     def ours() -> None:
         medcam.explain(model, x, "hirescam", target=target, layers=bottleneck)
 
-    return [
-        ("forward only (no grad)", median_time(forward, repeats)),
-        ("forward + full backward()", median_time(full_backward, repeats)),
-        ("medcam Seg-HiRes-Grad CAM (bottleneck)", median_time(ours, repeats)),
+    jobs = [
+        ("forward only (no grad)", forward),
+        ("forward + full backward()", full_backward),
+        ("medcam Seg-HiRes-Grad CAM (bottleneck)", ours),
     ]
+    return median_times(jobs, repeats)
 
 
 def table(title: str, rows: list[tuple[str, float]], reference: float) -> str:
@@ -115,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats} interleaved runs\n")
     rows = classifier_rows(repeats)
     print(table("ResNet-50, 1x3x224x224, layer4, class 3", rows, rows[0][1]))
     shapes = [(96, 96, 96)] if args.quick else [(96, 96, 96), (128, 256, 256)]

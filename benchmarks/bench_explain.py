@@ -124,6 +124,8 @@ def worker_inference(files: dict[str, str]) -> dict[str, float]:
 
 
 def worker_explain(files: dict[str, str], pixels: str, out: Path) -> dict[str, float]:
+    import monai  # noqa: F401  (imported before the clock, as in the inference worker)
+
     from medcam.pipeline import explain_case
 
     start = time.perf_counter()
