@@ -253,3 +253,27 @@ def test_merged_shards_sort_sample_ids_naturally(tmp_path: Path) -> None:
         run_evaluation(classifier(), samples, settings, tmp_path, shard=Shard(rank, 2))
     finalize(tmp_path, settings, 2)
     assert [r["sample"] for r in read_results(tmp_path)] == ["case_1", "case_2", "case_9", "case_10"]
+
+
+def test_two_ranks_writing_the_same_file_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun ranks both write evaluation.json; one's rename must not take the other's temporary file."""
+    import os
+
+    from medcam.evaluate.results import write_atomic
+
+    path = tmp_path / "evaluation.json"
+    real_replace = Path.replace
+    interleaved: list[int] = []
+
+    def replace(self: Path, target: Path) -> Path:
+        if not interleaved:  # the other rank writes and renames between our write and our rename
+            interleaved.append(1)
+            with monkeypatch.context() as other:
+                other.setattr(os, "getpid", lambda: os.getppid() + 7919)
+                write_atomic(path, "written by rank 1")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    write_atomic(path, "written by rank 0")
+    assert path.read_text() == "written by rank 0"
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]

@@ -76,8 +76,13 @@ def format_value(value: Any) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    The temporary file is named after the process: ranks of one ``torchrun`` job may
+    write the same file (evaluation.json) at once, and one rank's rename must not take
+    the other's temporary file away.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     temporary.replace(path)
 
