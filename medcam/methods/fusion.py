@@ -87,7 +87,31 @@ class EnsembleMethod(CAMMethod):
     groups: int
     memory_format: str
 
-    def _check(self) -> None:
+    theta: float
+
+    def _setup(
+        self,
+        *,
+        region: str,
+        theta: float,
+        baseline: str,
+        batch_size: int,
+        precision: str,
+        max_channels: int | None,
+        groups: int,
+        memory_format: str,
+    ) -> None:
+        """Check and keep the options Union-CAM and Fusion-CAM share."""
+        if not 0.0 <= theta < 100.0:
+            raise UserError(f"theta is a percentage in [0, 100), got {theta}")
+        self.region = region
+        self.theta = theta
+        self.baseline = baseline
+        self.batch_size = batch_size
+        self.precision = precision
+        self.max_channels = max_channels
+        self.groups = groups
+        self.memory_format = memory_format
         check_region_options(self.batch_size, self.precision, self.memory_format)
         if self.region not in REGION_PARTS:
             raise UserError(f"region={self.region!r} is not a region method; use one of {REGION_PARTS}")
@@ -182,18 +206,17 @@ class FusionCAM(EnsembleMethod):
     ) -> None:
         if gradient not in GRADIENT_PARTS:
             raise UserError(f"gradient={gradient!r} is not a gradient method; use one of {tuple(GRADIENT_PARTS)}")
-        if not 0.0 <= theta < 100.0:
-            raise UserError(f"theta is a percentage in [0, 100), got {theta}")
         self.gradient = gradient
-        self.region = region
-        self.theta = theta
-        self.baseline = baseline
-        self.batch_size = batch_size
-        self.precision = precision
-        self.max_channels = max_channels
-        self.groups = groups
-        self.memory_format = memory_format
-        self._check()
+        self._setup(
+            region=region,
+            theta=theta,
+            baseline=baseline,
+            batch_size=batch_size,
+            precision=precision,
+            max_channels=max_channels,
+            groups=groups,
+            memory_format=memory_format,
+        )
 
     def ensemble(
         self,
@@ -266,17 +289,16 @@ class UnionCAM(EnsembleMethod):
         groups: int = 32,
         memory_format: str = "auto",
     ) -> None:
-        if not 0.0 <= theta < 100.0:
-            raise UserError(f"theta is a percentage in [0, 100), got {theta}")
-        self.region = region
-        self.theta = theta
-        self.baseline = baseline
-        self.batch_size = batch_size
-        self.precision = precision
-        self.max_channels = max_channels
-        self.groups = groups
-        self.memory_format = memory_format
-        self._check()
+        self._setup(
+            region=region,
+            theta=theta,
+            baseline=baseline,
+            batch_size=batch_size,
+            precision=precision,
+            max_channels=max_channels,
+            groups=groups,
+            memory_format=memory_format,
+        )
 
     def gradient_map(self, acts: Tensor, gradients: Tensor) -> Tensor:
         """Raw Union-CAM gradient map ``(N, *s)`` from denoised, per-channel normalised positive gradients."""
