@@ -11,28 +11,9 @@ median of repeated runs, all measured in one run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
-
-
-def median_times(jobs: list[tuple[str, Callable[[], object]]], repeats: int) -> list[tuple[str, float]]:
-    """Median wall time of each job, the jobs interleaved round by round after one warm-up each.
-
-    Interleaving spreads drifts of the machine (clock speed, caches, other processes)
-    over every job instead of charging them to whichever ran first.
-    """
-    for _, fn in jobs:
-        fn()
-    times: list[list[float]] = [[] for _ in jobs]
-    for _ in range(repeats):
-        for slot, (_, fn) in enumerate(jobs):
-            start = time.perf_counter()
-            fn()
-            times[slot].append(time.perf_counter() - start)
-    return [(name, statistics.median(t)) for (name, _), t in zip(jobs, times, strict=True)]
+from timing import measure
 
 
 def unet3d() -> torch.nn.Module:
@@ -78,7 +59,7 @@ def classifier_rows(repeats: int) -> list[tuple[str, float]]:
         ("pytorch-grad-cam GradCAM", grad_cam_lib),
         ("medcam gradcam", ours),
     ]
-    return median_times(jobs, repeats)
+    return [(name, wall) for name, (wall, _) in measure(dict(jobs), repeats).items()]
 
 
 def segmentation_rows(shape: tuple[int, int, int], repeats: int) -> list[tuple[str, float]]:
@@ -107,7 +88,7 @@ def segmentation_rows(shape: tuple[int, int, int], repeats: int) -> list[tuple[s
         ("forward + full backward()", full_backward),
         ("medcam Seg-HiRes-Grad CAM (bottleneck)", ours),
     ]
-    return median_times(jobs, repeats)
+    return [(name, wall) for name, (wall, _) in measure(dict(jobs), repeats).items()]
 
 
 def table(title: str, rows: list[tuple[str, float]], reference: float) -> str:

@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import measure
 from torch import nn
 
 import medcam
@@ -48,21 +47,6 @@ def demo_unet() -> nn.Module:
 
     torch.manual_seed(0)
     return UNet(3, 1, 4, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="batch").eval()
-
-
-def measure(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per run; interleaved, so drifting load hits every run alike."""
-    for run in runs.values():
-        run()  # warm-up: allocator, thread pools, lazy imports
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for key, run in runs.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in runs}
 
 
 def breakdown(

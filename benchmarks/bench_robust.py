@@ -21,14 +21,13 @@ On a shared machine ``--threads 1`` and the CPU-time ratio give the steadiest nu
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
+from timing import measure
 from torch import nn
 
 import medcam
@@ -80,24 +79,6 @@ def cases(quick: bool) -> list[Case]:
     if quick:
         out = [c for c in out if c.name != "ResNet-50"]
     return out
-
-
-def measure(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds of each run; runs are interleaved so load drift hits all alike.
-
-    CPU time (all threads of this process) is the steadier number on a shared machine.
-    """
-    for run in runs.values():
-        run()  # warm-up: allocator, thread pools, lazy imports
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for key, run in runs.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in runs}
 
 
 def pipeline_table(quick: bool, repeats: int) -> None:
