@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
+
+from medcam.core.probe import Probe
+from medcam.core.targets import BoundTarget, Target
+from medcam.methods.base import CAMMethod, MethodResult, PostProcessing
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 BN = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -64,3 +70,31 @@ def hook_count(model: nn.Module) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
         for m in model.modules()
     )
+
+
+class InputMapMethod(CAMMethod):
+    """A stand-in for a method that needs no gradients (region or augmentation methods).
+
+    Its map is the input's first channel; its ``uncertainty`` extra is that channel's
+    magnitude plus ``uncertainty_offset``. Known answers for the plumbing around methods.
+    """
+
+    name = "input-map-test"
+    needs_gradients = False
+
+    def __init__(self, uncertainty_offset: float = 0.0) -> None:
+        self.uncertainty_offset = uncertainty_offset
+
+    def run(
+        self,
+        probe: Probe,
+        x: Tensor,
+        target: Target | BoundTarget,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+    ) -> MethodResult:
+        output = probe.forward(x)
+        bound = target if isinstance(target, BoundTarget) else target.bind(output)
+        maps = {alias: post.apply(x[:, 0], tuple(x.shape[2:])) for alias in layers}
+        uncertainty = {alias: x[:, 0].abs() + self.uncertainty_offset for alias in layers}
+        return MethodResult(maps, bound, output, {"uncertainty": uncertainty})

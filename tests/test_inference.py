@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import pytest
 import torch
 from monai.networks.nets import UNet
+from nets import InputMapMethod
 
 import medcam
 from medcam.core.hooks import LayerCapture
 from medcam.core.ops import finalize, upsample
-from medcam.core.probe import Probe
-from medcam.core.targets import BoundTarget, SegmentationTarget, Target
+from medcam.core.targets import SegmentationTarget
 from medcam.inference import SlidingWindow, WindowError, predict, sliding_window_cam, window_combine
-from medcam.methods.base import CAMMethod, MethodResult, PostProcessing
+from medcam.methods.base import PostProcessing
 from medcam.methods.registry import create_method
 
 BOTTLENECK = "model.1.submodule"
@@ -182,30 +180,9 @@ def test_window_batches_give_the_same_map() -> None:
     torch.testing.assert_close(one.maps["b"], three.maps["b"], rtol=1e-5, atol=1e-6)
 
 
-class _WholeInputMethod(CAMMethod):
-    """A stand-in for a region method: its map is the input intensity, over the whole input."""
-
-    name = "whole-input-test"
-    needs_gradients = False
-
-    def run(
-        self,
-        probe: Probe,
-        x: torch.Tensor,
-        target: Target | BoundTarget,
-        layers: Mapping[str, str],
-        post: PostProcessing,
-    ) -> MethodResult:
-        output = probe.forward(x)
-        bound = target if isinstance(target, BoundTarget) else target.bind(output)
-        maps = {alias: post.apply(x[:, 0], tuple(x.shape[2:])) for alias in layers}
-        extras = {"uncertainty": {alias: x[:, 0].abs() for alias in layers}}
-        return MethodResult(maps, bound, output, extras)
-
-
 def test_non_decomposable_methods_run_whole_when_the_volume_fits_one_window() -> None:
     net = tiny_unet()
-    method = _WholeInputMethod()
+    method = InputMapMethod()
     assert window_combine(method) is None
     assert window_combine(create_method("hirescam")) is not None
     x = volume((12, 14, 10))  # smaller than the window: padded, run once, cropped

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from nets import InputMapMethod
 from volume_phantoms import (
     KITS_LABELS,
     KITS_PREPROCESSING,
@@ -22,10 +22,8 @@ from volume_phantoms import (
 
 import medcam
 from medcam.core.ops import finalize
-from medcam.core.probe import Probe
-from medcam.core.targets import BoundTarget, SegmentationTarget, Target, TargetError
+from medcam.core.targets import SegmentationTarget, TargetError
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, MethodResult, PostProcessing
 from medcam.models.checkpoint import CheckpointMeta, Preprocessing, load_checkpoint
 from medcam.pipeline import explain_case, explain_volume, resolve_class
 
@@ -173,26 +171,6 @@ def test_empty_predicted_set_says_how_to_choose_pixels(tmp_path: Path, kits_case
         explain_volume(kits_case, class_name="tumor", model=ckpt)
 
 
-class _WithExtras(CAMMethod):
-    """Stand-in for an augmentation method: the map is the input, the uncertainty its magnitude."""
-
-    name = "extras-test"
-    needs_gradients = False
-
-    def run(
-        self,
-        probe: Probe,
-        x: torch.Tensor,
-        target: Target | BoundTarget,
-        layers: Mapping[str, str],
-        post: PostProcessing,
-    ) -> MethodResult:
-        output = probe.forward(x)
-        bound = target if isinstance(target, BoundTarget) else target.bind(output)
-        maps = {alias: post.apply(x[:, 0], tuple(x.shape[2:])) for alias in layers}
-        return MethodResult(maps, bound, output, {"uncertainty": {alias: x[:, 0].abs() + 1.0 for alias in layers}})
-
-
 def test_extras_and_levels_are_written_with_the_input_geometry(tmp_path: Path, kits_case: Path) -> None:
     ckpt = kits_checkpoint(tmp_path / "whole.pt", patch_size=None, preprocessing=Preprocessing(orientation="RAS"))
     out = explain_case(
@@ -202,7 +180,7 @@ def test_extras_and_levels_are_written_with_the_input_geometry(tmp_path: Path, k
         model=ckpt,
         pixels="image",
         layer="levels",
-        method=_WithExtras(),
+        method=InputMapMethod(uncertainty_offset=1.0),
     )
     source = nib.load(str(kits_case))
     summary = json.loads((out / "summary.json").read_text())
