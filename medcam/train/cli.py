@@ -1,4 +1,4 @@
-"""Argument parsing shared by the thin scripts in ``training/`` (they only call :func:`main`)."""
+"""Argument parsing shared by the thin scripts in ``training/`` (they call :func:`run` and report its result)."""
 
 from __future__ import annotations
 
