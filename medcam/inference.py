@@ -220,6 +220,18 @@ class WindowCAMResult:
     method_stats: dict[str, Any] = field(default_factory=dict)  # what the method reports (whole-volume run)
 
 
+def window_stats(layout: WindowLayout, window: SlidingWindow, *, windows: int, with_backward: int) -> dict[str, Any]:
+    """The ``stats`` of a decomposed (window by window) CAM: how many windows needed a backward pass."""
+    return {
+        "windows": windows,
+        "windows_with_backward": with_backward,
+        "roi_size": list(layout.roi),
+        "overlap": window.overlap,
+        "blend": window.mode,
+        "decomposed": True,
+    }
+
+
 def sliding_window_cam(
     model: nn.Module,
     x: Tensor,
@@ -343,14 +355,7 @@ def _windows(
         acc = accumulators.pop(alias)  # release each accumulator as soon as its map is done
         maps[alias] = finalize(acc[crop], layout.spatial, relu=post.relu, normalization=post.normalization).to(x.device)
         del acc
-    stats = {
-        "windows": len(layout.slices) * n,
-        "windows_with_backward": len(jobs),
-        "roi_size": list(layout.roi),
-        "overlap": window.overlap,
-        "blend": window.mode,
-        "decomposed": True,
-    }
+    stats = window_stats(layout, window, windows=len(layout.slices) * n, with_backward=len(jobs))
     logger.info("sliding-window CAM: %d of %d windows intersect M", len(jobs), stats["windows"])
     return WindowCAMResult(maps, bound, prediction, {}, stats)
 

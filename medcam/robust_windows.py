@@ -65,6 +65,7 @@ from medcam.inference import (
     _at,
     _window_weights,
     window_combine,
+    window_stats,
 )
 from medcam.methods.base import PostProcessing
 from medcam.methods.robust import RobustCAM
@@ -246,14 +247,7 @@ def robust_sliding_window_cam(
         "stability": stability,
         "windowed": "views run per window; fused maps, uncertainties and counts stitched (docs/robustcam.md)",
     }
-    stats = {
-        "windows": len(layout.slices) * n,
-        "windows_with_backward": len(jobs),
-        "roi_size": list(layout.roi),
-        "overlap": window.overlap,
-        "blend": window.mode,
-        "decomposed": True,
-    }
+    stats = window_stats(layout, window, windows=len(layout.slices) * n, with_backward=len(jobs))
     logger.info("sliding-window RobustCAM: %d of %d windows intersect M", len(jobs), stats["windows"])
     return WindowCAMResult(
         {alias: m.to(x.device) for alias, m in maps.items()},
