@@ -5,8 +5,9 @@ the next down-sampling), ``bottleneck``, ``dec0..decM`` (decoder stage outputs) 
 ``final`` (the last feature map before the output layer). When the last decoder
 stage IS that feature map it is called ``final``, not ``decM``.
 
-Discovery reads the module structure of MONAI ``UNet``, ``BasicUNet``, ``DynUNet``
-and segmentation-models-pytorch ``Unet`` (also when wrapped inside another module);
+Discovery reads the module structure of MONAI ``UNet``, ``BasicUNet``, ``DynUNet``,
+``SegResNet``, segmentation-models-pytorch ``Unet`` and nnU-Net's encoder/decoder
+U-Nets (also when wrapped inside another module);
 any other network takes an explicit list of module paths. Per architecture
 (docs/levels.md has the tables):
 
@@ -23,6 +24,13 @@ any other network takes an explicit list of module paths. Per architecture
 * MONAI ``DynUNet``: ``input_block``, ``downsamples.*``, ``bottleneck``,
   ``upsamples.*`` with the last one as ``final`` (before the 1x1 ``output_block``);
   deep-supervision heads are side outputs and not levels.
+* dynamic_network_architectures ``PlainConvUNet``, ``ResidualEncoderUNet``, ``ResidualUNet``
+  (nnU-Net's networks) and any module with ``encoder.stages`` and one fewer
+  ``decoder.stages``: ``encoder.stages.*`` (the last is the bottleneck),
+  ``decoder.stages.*`` with the last one as ``final`` (before the 1x1 ``seg_layers``).
+* MONAI ``SegResNet``: ``down_layers.*`` (the last is the bottleneck), ``up_layers.*``
+  with the last as ``final``; ``SegResNetDS``: ``encoder.layers.*.blocks`` and
+  ``up_layers.*.blocks`` the same way.
 * smp ``Unet``: the encoder features its decoder consumes, each mapped to the module
   that produces it (resnet: ``relu``, ``layer1..layer3``, bottleneck ``layer4``); the
   decoder's center block is the bottleneck when there is one (vgg encoders);
@@ -221,7 +229,65 @@ def _feature_producers(encoder: nn.Module, x: Tensor) -> tuple[list[Tensor], lis
     return features, producers
 
 
-_FINDERS: tuple[Callable[[nn.Module], list[Level] | None], ...] = (_monai_unet, _basic_unet, _dyn_unet, _smp_unet)
+def _stage_list(module: Any) -> nn.Sequential | nn.ModuleList | None:
+    stages = getattr(module, "stages", None)
+    return stages if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0 else None
+
+
+def _encoder_decoder_stages(model: nn.Module) -> list[Level] | None:
+    """``encoder.stages`` + ``decoder.stages`` U-Nets: dynamic_network_architectures' PlainConvUNet,
+    ResidualEncoderUNet and ResidualUNet (nnU-Net's networks) and any network built the same way.
+
+    The encoder hands every stage's output to the decoder (the last one is the bottleneck);
+    decoder stage ``s`` fuses the up-sampled previous stage with encoder stage ``-(s + 2)``,
+    so there is one decoder stage fewer than encoder stages. The last decoder stage feeds
+    the 1x1 segmentation layer: ``final``. Deep-supervision heads are side outputs, not levels.
+    """
+    encoder = _stage_list(getattr(model, "encoder", None))
+    decoder = _stage_list(getattr(model, "decoder", None))
+    if encoder is None or decoder is None or len(decoder) != len(encoder) - 1:
+        return None
+    encoders = [f"encoder.stages.{i}" for i in range(len(encoder))]
+    decoders = [f"decoder.stages.{i}" for i in range(len(decoder))]
+    return _named(encoders[:-1], encoders[-1], decoders[:-1], decoders[-1])
+
+
+def _segresnet(model: nn.Module) -> list[Level] | None:
+    """MONAI ``SegResNet`` (and ``SegResNetVAE``): ``down_layers.*`` (the last is the bottleneck),
+    ``up_layers.*`` with the last one as ``final`` (before ``conv_final``)."""
+    from monai.networks.nets import SegResNet
+
+    if not isinstance(model, SegResNet) or len(model.up_layers) == 0:
+        return None
+    downs = [f"down_layers.{i}" for i in range(len(model.down_layers))]
+    ups = [f"up_layers.{i}" for i in range(len(model.up_layers))]
+    return _named(downs[:-1], downs[-1], ups[:-1], ups[-1])
+
+
+def _segresnet_ds(model: nn.Module) -> list[Level] | None:
+    """MONAI ``SegResNetDS``: ``encoder.layers.*.blocks`` (the last is the bottleneck) and
+    ``up_layers.*.blocks`` with the last one as ``final`` (before its head)."""
+    from monai.networks.nets import SegResNetDS
+
+    if not isinstance(model, SegResNetDS):
+        return None
+    stages = model.encoder.layers
+    if len(model.up_layers) == 0 or not isinstance(stages, nn.ModuleList) or len(stages) < 2:
+        return None
+    downs = [f"encoder.layers.{i}.blocks" for i in range(len(stages))]
+    ups = [f"up_layers.{i}.blocks" for i in range(len(model.up_layers))]
+    return _named(downs[:-1], downs[-1], ups[:-1], ups[-1])
+
+
+_FINDERS: tuple[Callable[[nn.Module], list[Level] | None], ...] = (
+    _monai_unet,
+    _basic_unet,
+    _dyn_unet,
+    _smp_unet,
+    _segresnet,
+    _segresnet_ds,
+    _encoder_decoder_stages,
+)
 
 
 def discover_levels(model: nn.Module) -> list[Level]:
@@ -234,7 +300,8 @@ def discover_levels(model: nn.Module) -> list[Level]:
                     levels = [Level(lv.name, f"{prefix}.{lv.path}") for lv in levels]
                 return levels
     raise LevelError(
-        f"levels are discovered for MONAI UNet, BasicUNet, DynUNet and smp Unet, not for "
+        f"levels are discovered for MONAI UNet, BasicUNet, DynUNet, SegResNet(DS), smp Unet and "
+        f"encoder.stages/decoder.stages U-Nets (nnU-Net's PlainConvUNet, ResidualEncoderUNet), not for "
         f"{type(model).__name__}; pass layers=[module paths] instead"
     )
 
