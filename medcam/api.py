@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from medcam.core.hooks import OutputSelector, evaluation_mode, resolve_layer
+from medcam.core.hooks import OutputSelector, evaluation_mode, refuse_scripted, resolve_layer
 from medcam.core.ops import NORMALIZATIONS, Normalization
 from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, ClassTarget, SegmentationTarget, Target, TargetError
@@ -140,6 +140,7 @@ def explain(
     The model runs in eval mode; every module's training flag, its parameters'
     ``.grad`` and its hooks are as before when this returns or raises.
     """
+    refuse_scripted(model)
     _check_input(x)
     if normalize not in NORMALIZATIONS:
         raise UserError(f"normalize={normalize!r} is not known; use one of {NORMALIZATIONS}")

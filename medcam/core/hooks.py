@@ -25,6 +25,31 @@ class LayerError(UserError):
     """A layer name does not exist or cannot be hooked; the message lists valid names."""
 
 
+SCRIPTED_FIX = (
+    "pass the Python nn.Module instead (build the network in Python and load its state_dict), "
+    "a medcam checkpoint, an nnU-Net trained-model folder or a MONAI bundle folder"
+)
+
+
+def refuse_scripted(model: object) -> None:
+    """TorchScript (scripted or traced) modules cannot run Python forward hooks: say so in one line."""
+    if isinstance(model, torch.jit.ScriptModule):
+        kind = "traced" if isinstance(model, torch.jit.TopLevelTracedModule) else "scripted"
+        raise LayerError(f"the model is a {kind} TorchScript module, on which layer hooks cannot run; {SCRIPTED_FIX}")
+
+
+def is_torchscript_file(path: Any) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``): a zip with code/ and constants.pkl."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule at the dotted path ``name``, or an error naming the closest paths."""
     modules = dict(model.named_modules())
@@ -100,6 +125,7 @@ class LayerCapture:
     def __init__(
         self, model: nn.Module, layers: Sequence[str], clone: Sequence[str] = (), *, start_graph: bool = False
     ) -> None:
+        refuse_scripted(model)
         self.modules = {name: resolve_layer(model, name) for name in layers}
         self.clone = set(clone)
         self.start_graph = start_graph

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medcam.core.hooks import SCRIPTED_FIX, is_torchscript_file
 from medcam.errors import UserError
 from medcam.models.factory import build_model
 
@@ -124,6 +125,8 @@ def read_checkpoint(path: str | Path) -> tuple[CheckpointMeta, dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass --model PATH to a medcam .pt file")
+    if is_torchscript_file(path):
+        raise CheckpointError(f"{path} is a TorchScript archive, on which layer hooks cannot run; {SCRIPTED_FIX}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
