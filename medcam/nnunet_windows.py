@@ -1,0 +1,94 @@
+"""nnU-Net's sliding window: its tile positions, its gaussian, its mirroring, in medcam's window layout.
+
+``nnUNetPredictor`` pads a volume smaller than the patch (half below, half above),
+places tiles with ``compute_steps_for_sliding_window`` (step 0.5 of the patch, spread
+evenly to the border), weights each tile with ``compute_gaussian`` (sigma 1/8 of the
+patch) and divides by the summed weights. :class:`NNUNetWindow` gives exactly those
+windows and weights as a :class:`~medcam.inference.WindowLayout`, so the sliding-window
+CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
+with nnU-Net's test-time mirroring when asked. (nnU-Net accumulates in float16; medcam
+in float32, so logits differ by float16 rounding.)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from medcam.core.hooks import evaluation_mode, select_output
+from medcam.errors import UserError
+from medcam.inference import SlidingWindow, WindowLayout
+
+
+@dataclass(frozen=True)
+class NNUNetWindow(SlidingWindow):
+    """nnU-Net's tiling: ``step_size`` of the patch (nnU-Net's default 0.5) and its gaussian."""
+
+    step_size: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.step_size <= 1.0:
+            raise UserError(f"nnU-Net's tile step size must be in (0, 1], got {self.step_size}")
+
+    def layout(self, spatial: tuple[int, ...], device: torch.device | str = "cpu") -> WindowLayout:
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+        roi = self.roi_for(spatial)
+        padded = tuple(max(s, r) for s, r in zip(spatial, roi, strict=True))
+        pad: list[int] = []  # F.pad order, last axis first: (below, above), as acvl's pad_nd_image splits it
+        for s, r in reversed(list(zip(spatial, roi, strict=True))):
+            diff = max(r - s, 0)
+            pad += [diff // 2, diff - diff // 2]
+        steps = compute_steps_for_sliding_window(padded, roi, self.step_size)
+        slices = [
+            tuple(slice(int(start), int(start) + r) for start, r in zip(corner, roi, strict=True))
+            for corner in itertools.product(*steps)
+        ]
+        if self.mode == "gaussian":
+            importance = compute_gaussian(
+                tuple(roi),
+                sigma_scale=1.0 / 8,
+                value_scaling_factor=10,
+                dtype=torch.float32,
+                device=torch.device(device),
+            ).clone()
+        else:
+            importance = torch.ones(roi, dtype=torch.float32, device=device)
+        return WindowLayout(spatial, roi, padded, tuple(pad), slices, importance)
+
+
+def mirrored(model: nn.Module, x: Tensor, axes: Sequence[int] | None) -> Tensor:
+    """nnU-Net's test-time mirroring: the mean logit over every combination of flipped spatial axes."""
+    out = select_output(model(x))
+    if not axes:
+        return out
+    flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations([a + 2 for a in axes], n)]
+    total = out.clone()
+    for dims in flips:
+        total += torch.flip(select_output(model(torch.flip(x, dims))), dims)
+    return total / (len(flips) + 1)
+
+
+def predict_nnunet(
+    model: nn.Module, x: Tensor, window: NNUNetWindow, *, mirror_axes: Sequence[int] | None = None
+) -> Tensor:
+    """Stitched logits of ``x`` ``(N, C, *spatial)`` on nnU-Net's tiles, float32, on ``x``'s device."""
+    layout = window.layout(tuple(x.shape[2:]), device=x.device)
+    device = next((p.device for p in model.parameters()), x.device)
+    padded = layout.pad_input(x)
+    total: Tensor | None = None
+    with torch.no_grad(), evaluation_mode(model):
+        for corner in layout.slices:
+            patch = padded[(slice(None), slice(None), *corner)].to(device)
+            out = mirrored(model, patch, mirror_axes).float().to(x.device)
+            if total is None:
+                total = torch.zeros((x.shape[0], out.shape[1], *layout.padded), dtype=torch.float32, device=x.device)
+            total[(slice(None), slice(None), *corner)] += out * layout.importance
+    assert total is not None
+    stitched = total / layout.norm().to(x.device)
+    return stitched[(slice(None), slice(None), *layout.crop)].contiguous()
