@@ -6,8 +6,9 @@ evenly to the border), weights each tile with ``compute_gaussian`` (sigma 1/8 of
 patch) and divides by the summed weights. :class:`NNUNetWindow` gives exactly those
 windows and weights as a :class:`~medcam.inference.WindowLayout`, so the sliding-window
 CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
-with nnU-Net's test-time mirroring when asked. (nnU-Net accumulates in float16; medcam
-in float32, so logits differ by float16 rounding.)
+with nnU-Net's test-time mirroring when asked, in float16 as nnU-Net does (on the CPU
+the logits equal ``nnUNetPredictor``'s exactly). The CAM weights its tiles with the
+same float16 gaussian in float32.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ from medcam.inference import SlidingWindow, WindowLayout
 
 @dataclass(frozen=True)
 class NNUNetWindow(SlidingWindow):
-    """nnU-Net's tiling: ``step_size`` of the patch (nnU-Net's default 0.5) and its gaussian."""
+    """nnU-Net's tiling and gaussian; ``overlap`` is 1 - nnU-Net's tile step size (default step 0.5)."""
 
-    step_size: float = 0.5
+    overlap: float = 0.5
+
+    @property
+    def step_size(self) -> float:
+        return 1.0 - self.overlap
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.step_size <= 1.0:
+        if self.overlap >= 1.0:
             raise UserError(f"nnU-Net's tile step size must be in (0, 1], got {self.step_size}")
 
     def layout(self, spatial: tuple[int, ...], device: torch.device | str = "cpu") -> WindowLayout:
@@ -50,13 +55,16 @@ class NNUNetWindow(SlidingWindow):
             for corner in itertools.product(*steps)
         ]
         if self.mode == "gaussian":
-            importance = compute_gaussian(
+            # float16 as nnU-Net computes it: where the gaussian underflows (tile corners) nnU-Net uses the
+            # smallest float16 weight, which sets how tiles blend there
+            half = compute_gaussian(
                 tuple(roi),
                 sigma_scale=1.0 / 8,
                 value_scaling_factor=10,
-                dtype=torch.float32,
-                device=torch.device(device),
-            ).clone()
+                dtype=torch.float16,
+                device=torch.device("cpu"),
+            )
+            importance = half.to(device=device, dtype=torch.float32)
         else:
             importance = torch.ones(roi, dtype=torch.float32, device=device)
         return WindowLayout(spatial, roi, padded, tuple(pad), slices, importance)
@@ -77,18 +85,27 @@ def mirrored(model: nn.Module, x: Tensor, axes: Sequence[int] | None) -> Tensor:
 def predict_nnunet(
     model: nn.Module, x: Tensor, window: NNUNetWindow, *, mirror_axes: Sequence[int] | None = None
 ) -> Tensor:
-    """Stitched logits of ``x`` ``(N, C, *spatial)`` on nnU-Net's tiles, float32, on ``x``'s device."""
+    """Stitched logits of ``x`` ``(N, C, *spatial)`` on nnU-Net's tiles, on ``x``'s device.
+
+    Accumulated in float16 as ``nnUNetPredictor`` accumulates them: where every tile
+    weight is a float16 subnormal (tile corners) the float16 sums differ from float32
+    ones by whole tenths of a logit, and nnU-Net's labels come from those sums.
+    Returned as float32.
+    """
     layout = window.layout(tuple(x.shape[2:]), device=x.device)
     device = next((p.device for p in model.parameters()), x.device)
     padded = layout.pad_input(x)
+    gaussian = layout.importance.to(x.device)
+    weights = torch.zeros(layout.padded, dtype=torch.float16, device=x.device)
     total: Tensor | None = None
     with torch.no_grad(), evaluation_mode(model):
         for corner in layout.slices:
             patch = padded[(slice(None), slice(None), *corner)].to(device)
             out = mirrored(model, patch, mirror_axes).float().to(x.device)
             if total is None:
-                total = torch.zeros((x.shape[0], out.shape[1], *layout.padded), dtype=torch.float32, device=x.device)
-            total[(slice(None), slice(None), *corner)] += out * layout.importance
+                total = torch.zeros((x.shape[0], out.shape[1], *layout.padded), dtype=torch.float16, device=x.device)
+            total[(slice(None), slice(None), *corner)] += out * gaussian
+            weights[corner] += gaussian.half()
     assert total is not None
-    stitched = total / layout.norm().to(x.device)
-    return stitched[(slice(None), slice(None), *layout.crop)].contiguous()
+    stitched = torch.div(total, weights)
+    return stitched[(slice(None), slice(None), *layout.crop)].float().contiguous()

@@ -26,13 +26,14 @@ import platform
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from medcam.core.hooks import refuse_scripted
 from medcam.core.ops import class_argmax
 from medcam.core.targets import (
     Box,
@@ -51,10 +52,14 @@ from medcam.level_choice import level_summary
 from medcam.methods.base import CAMMethod, PostProcessing
 from medcam.methods.registry import create_method, method_parameters
 from medcam.models.checkpoint import DEMO_CHECKPOINT, CheckpointMeta, ModelBundle, load_checkpoint
+from medcam.models.nnunet import NNUNetBundle
+from medcam.models.sources import ModelSource, load_source, weights_digest
+from medcam.nnunet_windows import NNUNetWindow, predict_nnunet
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
 from medcam.volumes.montage import Montage
+from medcam.volumes.nnunet_grid import NNUNetInput, prepare_nnunet
 from medcam.volumes.preprocessing import ModelInput, prepare
 from medcam.volumes.review import VolumeExplanation
 
@@ -85,17 +90,23 @@ class LoadedModel:
     sha256: str | None = None
 
 
-def load_model(model: str | Path | ModelBundle | LoadedModel | None, device: str = "cpu") -> LoadedModel:
-    """Load a checkpoint (default: the demo model) onto ``device``; bundles pass through."""
+def load_model(model: str | Path | ModelSource | ModelBundle | LoadedModel | None, device: str = "cpu") -> LoadedModel:
+    """Load a model (default: the demo model) onto ``device``; bundles pass through.
+
+    A path is a medcam checkpoint, an nnU-Net v2 trained-model folder or a MONAI bundle
+    folder (:mod:`medcam.models.sources`); a :class:`ModelSource` adds nnU-Net's options.
+    """
     if isinstance(model, LoadedModel):
-        return LoadedModel(
-            ModelBundle(model.bundle.model.to(device).eval(), model.bundle.meta), model.path, model.sha256
-        )
+        return LoadedModel(replace(model.bundle, model=model.bundle.model.to(device).eval()), model.path, model.sha256)
     if isinstance(model, ModelBundle):
-        return LoadedModel(ModelBundle(model.model.to(device).eval(), model.meta))
-    path = Path(model) if model is not None else default_model_path()
-    bundle = load_checkpoint(path, device=device)
-    return LoadedModel(bundle, path, _sha256(path))
+        refuse_scripted(model.model)
+        return LoadedModel(replace(model, model=model.model.to(device).eval()))
+    source = model if isinstance(model, ModelSource) else ModelSource(Path(model) if model else default_model_path())
+    external = load_source(source, device=device)
+    if external is not None:
+        return LoadedModel(external, source.path, weights_digest(external))
+    bundle = load_checkpoint(source.path, device=device)
+    return LoadedModel(bundle, source.path, _sha256(source.path))
 
 
 def _check_device(device: str) -> str:
@@ -120,7 +131,9 @@ class LayerInfo:
     voxel_mm: tuple[float, ...] | None  # voxel size at this layer, if the checkpoint fixes the spacing
 
 
-def inspect_model(model: str | Path | ModelBundle | LoadedModel | None, *, all_layers: bool = False) -> dict[str, Any]:
+def inspect_model(
+    model: str | Path | ModelSource | ModelBundle | LoadedModel | None, *, all_layers: bool = False
+) -> dict[str, Any]:
     """What a checkpoint offers: classes, regions, preprocessing, default layers and U-Net levels.
 
     Levels (or, with ``all_layers``, every module with a tensor output) are measured with
@@ -264,7 +277,7 @@ def _check_inside(volume: Volume, coords: Sequence[int], what: str, upper: bool 
         )
 
 
-def build_pixel_set(spec: str, volume: Volume, grid: ModelInput) -> tuple[PixelSet, str]:
+def build_pixel_set(spec: str, volume: Volume, grid: ModelInput | NNUNetInput) -> tuple[PixelSet, str]:
     """The pixel set of ``--pixels`` on the model grid, and its replayable definition.
 
     ``voxel:``/``box:``/``mask:`` coordinates are input voxel indices; everything else
@@ -457,7 +470,13 @@ def explain_volume(
         bundle, meta = loaded.bundle, loaded.bundle.meta
         choice = resolve_class(meta, class_name)
         lap("load_model")
-        grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
+        nnunet = bundle.source if isinstance(bundle, NNUNetBundle) else None
+        segments = nnunet.labels.segments() if nnunet is not None else _segments(meta)
+        grid: ModelInput | NNUNetInput
+        if nnunet is not None:  # nnU-Net's own reader, preprocessing and export (medcam.volumes.nnunet_grid)
+            grid = prepare_nnunet(vol, nnunet)
+        else:
+            grid = prepare(vol, meta.preprocessing, spatial_dims=meta.spatial_dims, in_channels=meta.in_channels)
         x = grid.image
         grid_codes = axis_codes(grid.affine, meta.spatial_dims)
         cam = method_for_grid(method, method_options, orientation=grid_codes, seed=seed)
@@ -471,12 +490,20 @@ def explain_volume(
             pixel_set, definition = parse_pixel_set("image"), "whole image (classifier)"
         target = choice.target(meta, pixel_set)
         roi = tuple(meta.patch_size) if meta.patch_size else None
-        window = SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
+        window = (
+            NNUNetWindow(roi, mode=blend, batch_size=window_batch)  # nnU-Net's step 0.5, not --overlap
+            if nnunet is not None
+            else SlidingWindow(roi, overlap=overlap, mode=blend, batch_size=window_batch)
+        )
         probe_input = torch.zeros(1, x.shape[1], *window.roi_for(tuple(x.shape[2:])), device=device)
         layers, layer_choice = _layers(bundle.model, meta, layer, probe_input)
         labels_grid: torch.Tensor | None = None
+        nnunet_labels: np.ndarray | None = None
         if segmentation:
-            prediction = predict(bundle.model, x, window, progress=progress)
+            if isinstance(window, NNUNetWindow):
+                prediction = predict_nnunet(bundle.model, x.to(device), window).to(x.device)
+            else:
+                prediction = predict(bundle.model, x, window, progress=progress)
             lap("predict")
             bound = _bind(target, prediction, choice, definition, vol.path)
             result = sliding_window_cam(
@@ -484,6 +511,8 @@ def explain_volume(
             )
             maps_grid, extras_grid, stats, method_stats = result.maps, result.extras, result.stats, result.method_stats
             labels_grid = _labels_from(prediction, meta.activation)
+            if isinstance(grid, NNUNetInput):  # the segmentation nnUNetv2_predict writes, from the logits
+                nnunet_labels = grid.segmentation_to_source(prediction)
             prediction_summary: dict[str, Any] = {}
             del result, prediction  # the stitched logits are the largest array; free them before inverting
             lap("cam")
@@ -505,11 +534,14 @@ def explain_volume(
         extras = {name: {a: grid.to_source(t.cpu())[0] for a, t in per.items()} for name, per in extras_grid.items()}
         labels = pixels_src = None
         if labels_grid is not None:
-            labels = grid.to_source(labels_grid.float().cpu(), mode="nearest")[0].astype(labels_grid.numpy().dtype)
+            if nnunet_labels is not None:
+                labels = nnunet_labels.astype(labels_grid.numpy().dtype)
+            else:
+                labels = grid.to_source(labels_grid.float().cpu(), mode="nearest")[0].astype(labels_grid.numpy().dtype)
             del labels_grid
             assert bound.mask is not None
             pixels_src = grid.to_source(bound.mask.float().cpu(), mode="nearest")[0] > 0.5
-            prediction_summary = _prediction_summary(labels, _segments(meta))
+            prediction_summary = _prediction_summary(labels, segments)
         lap("invert")
         primary = _primary(layers, layer)
         voxel_ml = float(np.prod(vol.spacing)) / 1000.0
@@ -573,7 +605,7 @@ def explain_volume(
             extras=extras,
             prediction=labels,
             pixels=pixels_src,
-            segments=_segments(meta) if segmentation else {},
+            segments=segments if segmentation else {},
             summary=summary,
             image_window=image_window,
             reference=truth,

@@ -115,8 +115,10 @@ def dataset(labels: dict[str, Any] = LABELS, order: list[int] | None = None, cha
     return data
 
 
-def network(plan: dict[str, Any], data: dict[str, Any], configuration: str = "3d_fullres", seed: int = 0) -> Any:
-    """The plans' network with deep supervision, as nnU-Net trains it, with random weights."""
+def network(
+    plan: dict[str, Any], data: dict[str, Any], configuration: str = "3d_fullres", seed: int = 0, ds: bool = True
+) -> Any:
+    """The plans' network (with deep supervision, as nnU-Net trains it, unless ``ds`` is off), random weights."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -130,7 +132,7 @@ def network(plan: dict[str, Any], data: dict[str, Any], configuration: str = "3d
         len(data["channel_names"]),
         manager.get_label_manager(data).num_segmentation_heads,
         allow_init=True,
-        deep_supervision=True,
+        deep_supervision=ds,
     )
     with torch.no_grad():  # nnU-Net's init leaves biases at 0; random ones make folds differ more
         for p in net.parameters():
@@ -177,21 +179,61 @@ def write_results(
     order: list[int] | None = None,
     configuration: str = "3d_fullres",
     best: bool = False,
+    deep_supervision: bool = True,
+    channels: int = 1,
     **plan_options: Any,
 ) -> Path:
     """``root/Dataset901_Tiny/nnUNetTrainer__nnUNetPlans__<configuration>`` with ``folds``; returns it."""
     plan = plans(configuration=configuration, **plan_options)
-    data = dataset(labels, order)
+    data = dataset(labels, order, channels)
+    if channels > 1:
+        plan["configurations"][configuration]["normalization_schemes"] *= channels
+        plan["configurations"][configuration]["use_mask_for_norm"] *= channels
+        plan["foreground_intensity_properties_per_channel"].update(
+            {str(c): plan["foreground_intensity_properties_per_channel"]["0"] for c in range(1, channels)}
+        )
     folder = root / "Dataset901_Tiny" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plan, indent=1))
     (folder / "dataset.json").write_text(json.dumps(data, indent=1))
     network_config = "3d_lowres" if plan_options.get("cascade") else configuration
     for fold in folds:
-        net = network(plan, data, network_config, seed=fold)
+        net = network(plan, data, network_config, seed=fold, ds=deep_supervision)
         (folder / f"fold_{fold}").mkdir(exist_ok=True)
         payload = checkpoint(net, plan, data, configuration, fold)
         torch.save(payload, folder / f"fold_{fold}" / "checkpoint_final.pth")
         if best:
             torch.save(payload, folder / f"fold_{fold}" / "checkpoint_best.pth")
     return folder
+
+
+def write_case(folder: Path, name: str = "case", *, channels: int = 1, seed: int = 0) -> Path:
+    """``folder/<name>_0000.nii.gz`` (.. ``_000N``): a 30 x 26 x 22 volume with a zero border (cropped by
+    nnU-Net), anisotropic voxels and a flipped, shifted affine; returns the ``_0000`` file."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-1.2, 1.7, 2.5, 1.0])
+    affine[:3, 3] = [30.0, -5.0, 3.0]
+    for c in range(channels):
+        image = np.zeros((30, 26, 22), np.float32)
+        image[3:27, 2:24, 4:20] = rng.normal(100 + 20 * c, 40, (24, 22, 16))
+        nib.save(nib.Nifti1Image(image, affine), folder / f"{name}_{c:04d}.nii.gz")
+    return folder / f"{name}_0000.nii.gz"
+
+
+def nnunet_prediction(model: Path, image: Path, out: Path, folds: tuple[int, ...], mirroring: bool = False) -> Any:
+    """nnU-Net's own prediction of ``image`` (its predictor, sequential, on the CPU), as a numpy array."""
+    import nibabel as nib
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False
+    )
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=folds)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(image.parent.glob(image.name.replace("_0000", "_000?")))
+    predictor.predict_from_files_sequential([[str(f) for f in files]], str(out))
+    case = image.name.replace("_0000", "")
+    return np.asarray(nib.load(out / case).dataobj)

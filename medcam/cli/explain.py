@@ -25,7 +25,12 @@ def add_parser(sub: Any) -> None:
     source.add_argument("--datalist", metavar="JSON", help="a JSON list of cases (or a Decathlon datalist)")
     source.add_argument("--folder", metavar="DIR", help="explain every image (or case folder) in DIR")
     parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
-    parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default: the shipped demo model)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="medcam checkpoint, nnU-Net v2 trained-model folder or MONAI bundle folder (default: the demo model)",
+    )
+    add_model_source_arguments(parser)
     parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
     parser.add_argument(
         "--method-option",
@@ -65,6 +70,38 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--no-relu", action="store_true", help="keep negative evidence (signed maps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed, recorded in summary.json (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--folds``, ``--checkpoint``, ``--configuration``: options of an nnU-Net ``--model`` folder."""
+    parser.add_argument(
+        "--folds",
+        metavar="K,...",
+        help="nnU-Net folds to ensemble, e.g. 0,1 or all (default: every fold_K with the checkpoint)",
+    )
+    parser.add_argument(
+        "--checkpoint", choices=("final", "best"), help="nnU-Net checkpoint_final.pth or checkpoint_best.pth"
+    )
+    parser.add_argument(
+        "--configuration", metavar="NAME", help="nnU-Net configuration when --model holds several (e.g. 3d_fullres)"
+    )
+
+
+def model_source(args: argparse.Namespace) -> Any:
+    """``--model`` with the nnU-Net options, or ``--model`` as given when none is set."""
+    from pathlib import Path
+
+    from medcam.models.sources import ModelSource
+
+    given = [args.folds, args.checkpoint, args.configuration]
+    if all(v is None for v in given):
+        return args.model
+    if args.model is None:
+        from medcam.errors import UserError
+
+        raise UserError("--folds, --checkpoint and --configuration need --model FOLDER (an nnU-Net trained model)")
+    folds = tuple(f.strip() for f in args.folds.split(",") if f.strip()) if args.folds else None
+    return ModelSource(Path(args.model), folds, args.checkpoint, args.configuration)
 
 
 def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: bool = False) -> None:
@@ -121,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     method_options = parse_method_options(args.method_options)
     check_method_options(method, method_options)  # stop on a bad option before reading anything
     options: dict[str, Any] = {
-        "model": args.model,
+        "model": model_source(args),
         "method": method,
         "method_options": method_options,
         "pixels": args.pixels,

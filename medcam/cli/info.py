@@ -13,7 +13,12 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("info", help="list CAM methods, or a checkpoint's classes, layers and levels")
-    parser.add_argument("--model", metavar="CKPT", help="a medcam checkpoint to describe")
+    parser.add_argument(
+        "--model", metavar="PATH", help="a medcam checkpoint, nnU-Net trained-model folder or MONAI bundle folder"
+    )
+    from medcam.cli.explain import add_model_source_arguments
+
+    add_model_source_arguments(parser)
     parser.add_argument("--all-layers", action="store_true", help="list every module with its output shape")
 
 
@@ -23,9 +28,10 @@ def run(args: argparse.Namespace) -> int:
     print("methods:", ", ".join(medcam.list_methods()))
     if args.model is None:
         return 0
+    from medcam.cli.explain import model_source
     from medcam.pipeline import inspect_model
 
-    info = inspect_model(args.model, all_layers=args.all_layers)
+    info = inspect_model(model_source(args), all_layers=args.all_layers)
     meta = info["meta"]
     print(f"model: {info['path']}")
     channels = f"{meta.in_channels} input channel(s)"
@@ -34,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
     print("classes (--class NAME): " + ", ".join(f"{name} ({channel})" for name, channel in labels))
     if meta.regions:
         print("regions (--class NAME): " + ", ".join(f"{name} = labels {list(v)}" for name, v in meta.regions.items()))
+    origin = meta.training if meta.training.get("source") in ("nnunet", "monai-bundle") else {}
+    if origin.get("source") == "nnunet":
+        print(
+            f"nnU-Net: configuration {origin['configuration']}, folds {', '.join(origin['folds'])} "
+            f"(checkpoint_{origin['checkpoint']}.pth), trainer {origin['trainer']}, plans {origin['plans']}"
+        )
+        print("preprocessing: nnU-Net's own (the plans' reader, transpose, crop, normalisation, resampling)")
     pre = meta.preprocessing
     steps = []
     if pre.orientation:
@@ -46,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         steps.append(f"intensity [{pre.a_min:g}, {pre.a_max:g}] -> [{pre.b_min:g}, {pre.b_max:g}]")
     if pre.mean is not None:
         steps.append(f"normalise mean {list(pre.mean)} std {list(pre.std or [])}")
-    print("preprocessing: " + (", ".join(steps) or "none"))
+    if origin.get("source") != "nnunet":
+        print("preprocessing: " + (", ".join(steps) or "none"))
     patch = " x ".join(str(s) for s in meta.patch_size) if meta.patch_size else "whole image"
     print(f"patch (sliding window): {patch}")
     print("default layer (--layer auto): " + (", ".join(meta.cam_layers) if meta.cam_layers else info["auto_layer"]))

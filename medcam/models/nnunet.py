@@ -265,6 +265,10 @@ class NNUNetLabels:
     paint: tuple[int, ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
+    def segments(self) -> dict[int, str]:
+        """Label value -> name in the written segmentation (background left out), as nnU-Net paints it."""
+        return {self.paint[channel]: name for name, channel in self.names.items() if self.paint[channel] != 0}
+
 
 def read_labels(dataset: dict[str, Any], plans_manager: Any, source: Path) -> NNUNetLabels:
     """Output channels of the network, with nnU-Net's LabelManager deciding labels vs. regions."""

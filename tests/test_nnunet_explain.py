@@ -1,0 +1,146 @@
+"""``medcam explain`` on nnU-Net v2 trained-model folders: nnU-Net's preprocessing, tiles and export.
+
+The written prediction is compared with nnU-Net's own predictor (``nnUNetPredictor``,
+same folds, mirroring off as medcam) on the same file; nnU-Net stitches logits in
+float16, medcam in float32, so a few near-tie voxels may differ (tolerance 0.1 %).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+from nnunet_folders import REGION_LABELS, REGION_ORDER, nnunet_prediction, write_case, write_results
+
+from medcam.cli import main
+from medcam.models.nnunet import load_nnunet
+from medcam.volumes.io import load_volume
+from medcam.volumes.nnunet_grid import prepare_nnunet
+
+AGREEMENT = 0.999
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two folds, transpose_forward (2, 0, 1) and a target spacing other than the image's (resampling)."""
+    return write_results(tmp_path_factory.mktemp("results"), transpose=(2, 0, 1), spacing=(2.0, 1.0, 1.5))
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_case(tmp_path_factory.mktemp("images"))
+
+
+def _explain(*args: str) -> int:
+    return main(["explain", *args, "--no-progress"])
+
+
+def test_prediction_equals_nnunets_and_maps_are_on_the_input_grid(tmp_path: Path, model: Path, case: Path) -> None:
+    out = tmp_path / "review"
+    assert _explain("--volume", str(case), "--model", str(model.parent), "--class", "tumor", "--out", str(out)) == 0
+    ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0, 1))
+    assert ours.shape == theirs.shape
+    agreement = float((ours == theirs).mean())
+    assert agreement >= AGREEMENT, agreement
+    assert len(np.unique(theirs)) > 1  # the check is not between two empty label maps
+
+    source, heatmap = nib.load(case), nib.load(out / "heatmap.nii.gz")
+    assert heatmap.shape == source.shape
+    np.testing.assert_allclose(heatmap.affine, source.affine, atol=1e-5)
+    import SimpleITK as sitk  # noqa: N813
+
+    a, b = sitk.ReadImage(str(case)), sitk.ReadImage(str(out / "heatmap.nii.gz"))
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+    values = np.asarray(heatmap.dataobj)
+    assert np.isfinite(values).all() and values.max() == pytest.approx(1.0)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["architecture"] == "nnunet:PlainConvUNet"
+    assert summary["sliding_window"]["overlap"] == 0.5  # nnU-Net's tile step
+    assert summary["layers"]["explained"] == {"folds.0.encoder.stages.2": "folds.0.encoder.stages.2"}
+
+
+def test_region_based_model(tmp_path: Path, case: Path) -> None:
+    model = write_results(
+        tmp_path / "results", labels=REGION_LABELS, order=REGION_ORDER, folds=(0,), deep_supervision=False
+    )
+    out = tmp_path / "review"
+    code = _explain("--volume", str(case), "--model", str(model), "--class", "masses", "--out", str(out))
+    assert code == 0
+    ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,))
+    assert float((ours == theirs).mean()) >= AGREEMENT
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["activation"] == "sigmoid"
+    assert set(summary["prediction"]["voxels_per_label"]) <= {"none", "kidney", "masses", "tumor"}
+
+
+def test_grid_coordinates_round_trip(model: Path, case: Path) -> None:
+    bundle = load_nnunet(model, folds="0")
+    volume = load_volume(case)
+    grid = prepare_nnunet(volume, bundle.source)
+    assert grid.image.shape[1] == 1 and grid.grid == tuple(grid.image.shape[2:])
+    # model-grid coordinates sent back through nnU-Net's export equal the affine's mapping of input voxels
+    inside = (15, 12, 10)
+    for axis in range(3):
+        shape = [-1 if a == axis else 1 for a in range(3)]
+        ramp = torch.arange(grid.grid[axis], dtype=torch.float32).reshape(shape).expand(grid.grid)[None]
+        back = grid.to_source(ramp)[0]
+        assert back.shape == volume.spatial_shape
+        assert back[inside] == pytest.approx(grid._model_index(inside)[axis], abs=1e-3)
+    spot = torch.zeros((1, *grid.grid))
+    spot[(0, *grid.voxel_to_model(inside))] = 1.0
+    back = grid.to_source(spot)[0]
+    assert np.unravel_index(int(back.argmax()), back.shape) == inside
+    # a mask moved to the model grid and back covers the same voxels (up to the resampling at its border)
+    mask = np.zeros(volume.spatial_shape, bool)
+    mask[8:20, 6:18, 6:16] = True
+    moved = grid.mask_to_model(mask)
+    again = grid.to_source(moved.float()[None], mode="nearest")[0] > 0.5
+    assert (again == mask).mean() > 0.97
+    lo, hi = grid.box_to_model((8, 6, 6), (20, 18, 16))
+    in_box = torch.zeros_like(moved)
+    in_box[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
+    assert bool(moved.any()) and not bool((moved & ~in_box).any())  # the box covers the moved mask
+
+
+def test_two_channel_case_and_its_errors(tmp_path: Path) -> None:
+    model = write_results(tmp_path / "results", folds=(0,), channels=2)
+    case = write_case(tmp_path / "images", channels=2)
+    out = tmp_path / "review"
+    assert _explain("--volume", str(case), "--model", str(model), "--class", "kidney", "--out", str(out)) == 0
+    ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,))
+    assert float((ours == theirs).mean()) >= AGREEMENT
+    (case.parent / "case_0001.nii.gz").unlink()
+    assert _explain("--volume", str(case), "--model", str(model), "--class", "kidney", "--out", str(out / "x")) == 2
+    assert not (out / "x").exists()
+
+
+def test_cli_refusals_exit_2(tmp_path: Path, model: Path, case: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--volume", str(case), "--class", "tumor", "--out", str(tmp_path / "o")]
+    assert _explain(*base, "--model", str(model), "--folds", "7") == 2
+    assert "no fold_7/checkpoint_final.pth" in capsys.readouterr().err
+    assert _explain(*base, "--model", str(model), "--checkpoint", "best") == 2
+    assert "no fold_K/checkpoint_best.pth" in capsys.readouterr().err
+    assert _explain(*base, "--model", str(model), "--class", "liver") == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_info_lists_classes_folds_configuration_levels(model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--model", str(model), "--folds", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "classes (--class NAME): background (0), kidney (1), tumor (2)" in text
+    assert "nnU-Net: configuration 3d_fullres, folds 1 (checkpoint_final.pth)" in text
+    assert "bottleneck     8 ch  4 x 4 x 4" in text and "encoder.stages.2" in text
