@@ -14,15 +14,18 @@ same float16 gaussian in float32.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from medcam.core.hooks import evaluation_mode, select_output
+from medcam.core.targets import BoundTarget
 from medcam.errors import UserError
-from medcam.inference import SlidingWindow, WindowLayout
+from medcam.inference import SlidingWindow, WindowCAMResult, WindowLayout
+from medcam.methods.base import CAMMethod, PostProcessing
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,63 @@ def predict_nnunet(
     assert total is not None
     stitched = torch.div(total, weights)
     return stitched[(slice(None), slice(None), *layout.crop)].float().contiguous()
+
+
+_FOLD_PATH = re.compile(r"^folds\.\d+\.(.+)$")
+
+
+def fold_cam(
+    model: nn.Module,
+    x: Tensor,
+    method: CAMMethod,
+    bound: BoundTarget,
+    layers: Mapping[str, str],
+    window: SlidingWindow,
+    *,
+    post: PostProcessing,
+    prediction: Tensor,
+    progress: bool = False,
+) -> WindowCAMResult:
+    """Sliding-window CAM of a :class:`~medcam.models.nnunet.FoldEnsemble`'s fold-mean logit.
+
+    A layer given in one fold (``folds.0.encoder.stages.4``) is hooked in every fold and
+    the maps are summed before ReLU and normalisation: for the gradient methods the map
+    is a sum over channels of weight x activation, so the sum over folds is the map of
+    the ensemble's features taken together (all folds' channels), one backward pass for
+    all of them. Methods that are not window-decomposable explain the layer as given.
+    """
+    from medcam.core.ops import finalize
+    from medcam.inference import sliding_window_cam, window_combine
+    from medcam.models.nnunet import FoldEnsemble
+
+    inner = {alias: _FOLD_PATH.match(path) for alias, path in layers.items()}
+    if not isinstance(model, FoldEnsemble) or window_combine(method) is None or not all(inner.values()):
+        return sliding_window_cam(
+            model, x, method, bound, layers, window, post=post, prediction=prediction, progress=progress
+        )
+    count = len(model.folds)
+    expanded = {
+        f"{alias}@fold{k}": f"folds.{k}.{match.group(1)}"
+        for alias, match in inner.items()
+        if match is not None
+        for k in range(count)
+    }
+    raw = sliding_window_cam(
+        model,
+        x,
+        method,
+        bound,
+        expanded,
+        window,
+        post=PostProcessing(relu=False, normalization=None),
+        prediction=prediction,
+        progress=progress,
+    )
+    spatial = tuple(int(s) for s in x.shape[2:])
+    maps = {}
+    for alias in layers:
+        total = raw.maps.pop(f"{alias}@fold0")
+        for k in range(1, count):
+            total = total + raw.maps.pop(f"{alias}@fold{k}")
+        maps[alias] = finalize(total, spatial, relu=post.relu, normalization=post.normalization)
+    return replace(raw, maps=maps, stats={**raw.stats, "folds_summed": count})

@@ -54,7 +54,7 @@ from medcam.methods.registry import create_method, method_parameters
 from medcam.models.checkpoint import DEMO_CHECKPOINT, CheckpointMeta, ModelBundle, load_checkpoint
 from medcam.models.nnunet import NNUNetBundle
 from medcam.models.sources import ModelSource, load_source, weights_digest
-from medcam.nnunet_windows import NNUNetWindow, predict_nnunet
+from medcam.nnunet_windows import NNUNetWindow, fold_cam, predict_nnunet
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
@@ -506,9 +506,14 @@ def explain_volume(
                 prediction = predict(bundle.model, x, window, progress=progress)
             lap("predict")
             bound = _bind(target, prediction, choice, definition, vol.path)
-            result = sliding_window_cam(
-                bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
-            )
+            if nnunet is not None:  # several folds: every fold's copy of the layer, maps summed
+                result = fold_cam(
+                    bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
+                )
+            else:
+                result = sliding_window_cam(
+                    bundle.model, x, cam, bound, layers, window, post=post, prediction=prediction, progress=progress
+                )
             maps_grid, extras_grid, stats, method_stats = result.maps, result.extras, result.stats, result.method_stats
             labels_grid = _labels_from(prediction, meta.activation)
             if isinstance(grid, NNUNetInput):  # the segmentation nnUNetv2_predict writes, from the logits

@@ -68,6 +68,7 @@ def test_prediction_equals_nnunets_and_maps_are_on_the_input_grid(tmp_path: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["architecture"] == "nnunet:PlainConvUNet"
     assert summary["sliding_window"]["overlap"] == 0.5  # nnU-Net's tile step
+    assert summary["sliding_window"]["folds_summed"] == 2
     assert summary["layers"]["explained"] == {"folds.0.encoder.stages.2": "folds.0.encoder.stages.2"}
 
 
@@ -144,3 +145,32 @@ def test_info_lists_classes_folds_configuration_levels(model: Path, capsys: pyte
     assert "classes (--class NAME): background (0), kidney (1), tumor (2)" in text
     assert "nnU-Net: configuration 3d_fullres, folds 1 (checkpoint_final.pth)" in text
     assert "bottleneck     8 ch  4 x 4 x 4" in text and "encoder.stages.2" in text
+
+
+def test_fold_cam_sums_every_folds_copy_of_the_layer(model: Path) -> None:
+    """Two folds: the map of the fold-mean logit is fold 0's plus fold 1's (gradient methods, before ReLU)."""
+    from medcam.core.targets import SegmentationTarget
+    from medcam.inference import sliding_window_cam
+    from medcam.methods.base import PostProcessing
+    from medcam.methods.registry import create_method
+    from medcam.nnunet_windows import NNUNetWindow, fold_cam, predict_nnunet
+
+    bundle = load_nnunet(model)
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 20, 18, 16)
+    window = NNUNetWindow((16, 16, 16))
+    prediction = predict_nnunet(bundle.model, x, window)
+    bound = SegmentationTarget(2, pixels="image").bind(prediction)
+    cam = create_method("hirescam")
+    raw = PostProcessing(relu=False, normalization=None)
+    layer = "encoder.stages.1"
+    both = fold_cam(bundle.model, x, cam, bound, {"l": f"folds.0.{layer}"}, window, post=raw, prediction=prediction)
+    per_fold = [
+        sliding_window_cam(
+            bundle.model, x, cam, bound, {"l": f"folds.{k}.{layer}"}, window, post=raw, prediction=prediction
+        )
+        for k in (0, 1)
+    ]
+    assert both.stats["folds_summed"] == 2 and both.stats["windows"] == 4
+    torch.testing.assert_close(both.maps["l"], per_fold[0].maps["l"] + per_fold[1].maps["l"])
+    assert not torch.allclose(both.maps["l"], per_fold[0].maps["l"])
