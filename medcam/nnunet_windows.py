@@ -95,6 +95,13 @@ def predict_nnunet(
     ones by whole tenths of a logit, and nnU-Net's labels come from those sums.
     Returned as float32.
     """
+    from medcam.models.nnunet import FoldEnsemble
+
+    if isinstance(model, FoldEnsemble):  # nnU-Net stitches each fold, then averages them in float16
+        total_folds = predict_nnunet(model.folds[0], x, window, mirror_axes=mirror_axes).half()
+        for network in model.folds[1:]:
+            total_folds += predict_nnunet(network, x, window, mirror_axes=mirror_axes).half()
+        return (total_folds / len(model.folds)).float()
     layout = window.layout(tuple(x.shape[2:]), device=x.device)
     device = next((p.device for p in model.parameters()), x.device)
     padded = layout.pad_input(x)
