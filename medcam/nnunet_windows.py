@@ -93,7 +93,7 @@ def predict_nnunet(
     Accumulated in float16 as ``nnUNetPredictor`` accumulates them: where every tile
     weight is a float16 subnormal (tile corners) the float16 sums differ from float32
     ones by whole tenths of a logit, and nnU-Net's labels come from those sums.
-    Returned as float32.
+    Folds are stitched one by one and averaged in float16, as nnU-Net does. Returned as float32.
     """
     from medcam.models.nnunet import FoldEnsemble
 
