@@ -728,7 +728,8 @@ class BatchReport:
 
 
 def cases_from_folder(folder: str | Path) -> list[Case]:
-    """Images directly in ``folder`` (nnU-Net's ``_0000`` suffix dropped) and case folders.
+    """Images directly in ``folder`` (nnU-Net's ``_0000`` suffix dropped, its ``_0001..`` channels
+    left to their ``_0000`` file) and case folders.
 
     A sub-folder is a case when it holds ``imaging.*`` (KiTS layout) or exactly one image,
     or is a DICOM series.
@@ -737,11 +738,16 @@ def cases_from_folder(folder: str | Path) -> list[Case]:
     if not folder.is_dir():
         raise UserError(f"--folder {folder} is not a folder")
     cases = []
+    stems = {strip_suffix(p.name) for p in folder.iterdir() if is_image_file(p)}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if is_image_file(entry):
-            cases.append(Case(re.sub(r"_0000$", "", strip_suffix(entry.name)), entry))
+            stem = strip_suffix(entry.name)
+            channel = re.search(r"_(\d{4})$", stem)
+            if channel and int(channel.group(1)) > 0 and f"{stem[:-5]}_0000" in stems:
+                continue  # a further channel of an nnU-Net case: read with its _0000 file
+            cases.append(Case(re.sub(r"_0000$", "", stem), entry))
         elif entry.is_dir():
             images = sorted(p for p in entry.iterdir() if is_image_file(p))
             preferred = [p for p in images if strip_suffix(p.name) == "imaging"]

@@ -174,3 +174,17 @@ def test_fold_cam_sums_every_folds_copy_of_the_layer(model: Path) -> None:
     assert both.stats["folds_summed"] == 2 and both.stats["windows"] == 4
     torch.testing.assert_close(both.maps["l"], per_fold[0].maps["l"] + per_fold[1].maps["l"])
     assert not torch.allclose(both.maps["l"], per_fold[0].maps["l"])
+
+
+def test_folder_of_multichannel_cases_lists_each_case_once(tmp_path: Path) -> None:
+    from medcam.pipeline import cases_from_folder
+
+    write_case(tmp_path, "a", channels=2)
+    write_case(tmp_path, "b", channels=1)
+    (tmp_path / "scan_0001.nii.gz").write_bytes((tmp_path / "b_0000.nii.gz").read_bytes())  # no _0000 sibling
+    cases = cases_from_folder(tmp_path)
+    assert [(c.id, c.image.name) for c in cases] == [
+        ("a", "a_0000.nii.gz"),
+        ("b", "b_0000.nii.gz"),
+        ("scan_0001", "scan_0001.nii.gz"),
+    ]
