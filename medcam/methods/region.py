@@ -9,6 +9,9 @@ Every masked input goes through one :class:`ScoreQueue`, which runs the model in
 batches. Speed comes only from work that cannot change the map: constant channels
 are skipped, channels whose normalised masks are identical are scored once, and the
 forward passes use a faster memory layout and, on request, reduced precision.
+
+Why one module of this size: Score-CAM and Group-CAM share the masked-input batching
+(:class:`ScoreQueue`) that Fusion-CAM reuses; the pure maths is in :mod:`medcam.core.perturbation`.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ class SegmentationTask(Task):
 
     def predict(self, model: nn.Module, image: Tensor) -> Tensor:
         """Logits of one preprocessed image (1, C, *spatial), by sliding window when patches are used."""
-        from medcam.inference import SlidingWindow, predict
+        from medcam.core.windows import SlidingWindow, predict
 
         t = self.config.training
         if t.patch_size is None:

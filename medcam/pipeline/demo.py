@@ -73,7 +73,7 @@ def run_demo(
     from medcam.data.synthetic import write_kits_case
     from medcam.models.checkpoint import DEMO_CHECKPOINT
     from medcam.pipeline import explain_case
-    from medcam.volumes.folders import check_output
+    from medcam.review.folders import check_output
 
     start = time.perf_counter()
     out = Path(out).absolute()
