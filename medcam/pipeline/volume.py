@@ -143,26 +143,21 @@ def _explain(
         prediction = record.prediction_summary(labels, segments(meta))
     clock.lap("invert")
     primary = _primary(layers, options.layer)
-    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    mask = on_grid.bound.mask
     summary: dict[str, Any] = {
         "schema_version": record.SCHEMA_VERSION,
-        "method": {
-            "name": cam.name,
-            "options": record.jsonable(cam.options()),
-            "relu": options.relu,
-            "normalize": options.normalize,
-            "stats": record.jsonable(readable_stats(cam, on_grid.method_stats)),
-        },
+        "method": record.method_entry(
+            cam, relu=options.relu, normalize=options.normalize, stats=readable_stats(cam, on_grid.method_stats)
+        ),
         "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
-        "pixel_set": {
-            "definition": definition,
-            "coordinates": INPUT_COORDINATES if in_input_coordinates(definition) else "model output",
-            "voxels_model_grid": int(on_grid.bound.mask.sum()) if on_grid.bound.mask is not None else None,
-            "voxels_input_grid": int(pixels_src.sum()) if pixels_src is not None else None,
-            "volume_ml": round(float(pixels_src.sum()) * voxel_ml, 4)
-            if pixels_src is not None and vol.spatial_dims == 3
-            else None,
-        },
+        "pixel_set": record.pixel_set_entry(
+            definition,
+            coordinates=INPUT_COORDINATES if in_input_coordinates(definition) else "model output",
+            model_voxels=int(mask.sum()) if mask is not None else None,
+            input_mask=pixels_src,
+            spacing=vol.spacing,
+            spatial_dims=vol.spatial_dims,
+        ),
         "layers": {"choice": layer_choice, "explained": dict(layers), "primary": primary},
         "input": vol.describe(),
         "model": record.model_entry(
