@@ -14,8 +14,8 @@ import torch
 
 from medcam.cli import main
 from medcam.errors import UserError
-from medcam.models.monai_bundle import BundleError, load_monai_bundle
-from medcam.models.sources import ModelSource, kind_of, load_source
+from medcam.models.loading import ModelPath, load_model
+from medcam.models.monai_bundle import BundleError, is_monai_bundle, load_monai_bundle
 from medcam.volumes.io import load_volume
 from medcam.volumes.preprocessing import prepare
 
@@ -98,7 +98,7 @@ def ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bundle_is_loaded_with_labels_window_and_preprocessing(bundle: Path) -> None:
-    assert kind_of(bundle) == "monai-bundle"
+    assert is_monai_bundle(bundle)
     loaded = load_monai_bundle(bundle)
     meta = loaded.meta
     assert meta.labels == {"background": 0, "spleen": 1} and meta.activation == "softmax"
@@ -149,7 +149,7 @@ def test_bundle_refusals(tmp_path: Path, bundle: Path) -> None:
         load_monai_bundle(write_bundle(tmp_path / "hostile", weights={"w": Hostile()}))
     assert not (tmp_path / "pwned.txt").exists()
     with pytest.raises(UserError, match="--folds, --checkpoint and --configuration apply to nnU-Net"):
-        load_source(ModelSource(bundle, folds=("0",)))
+        load_model(ModelPath(bundle, folds=("0",)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither an nnU-Net trained-model folder"):
-        load_source(ModelSource(tmp_path / "empty"))
+        load_model(ModelPath(tmp_path / "empty"))

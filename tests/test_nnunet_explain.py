@@ -150,10 +150,10 @@ def test_info_lists_classes_folds_configuration_levels(model: Path, capsys: pyte
 def test_fold_cam_sums_every_folds_copy_of_the_layer(model: Path) -> None:
     """Two folds: the map of the fold-mean logit is fold 0's plus fold 1's (gradient methods, before ReLU)."""
     from medcam.core.targets import SegmentationTarget
-    from medcam.inference import sliding_window_cam
     from medcam.methods.base import PostProcessing
     from medcam.methods.registry import create_method
-    from medcam.nnunet_windows import NNUNetWindow, fold_cam, predict_nnunet
+    from medcam.pipeline.nnunet import NNUNetWindow, fold_cam, predict_nnunet
+    from medcam.pipeline.windows import sliding_window_cam
 
     bundle = load_nnunet(model)
     torch.manual_seed(0)

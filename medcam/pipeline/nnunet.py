@@ -4,7 +4,7 @@
 places tiles with ``compute_steps_for_sliding_window`` (step 0.5 of the patch, spread
 evenly to the border), weights each tile with ``compute_gaussian`` (sigma 1/8 of the
 patch) and divides by the summed weights. :class:`NNUNetWindow` gives exactly those
-windows and weights as a :class:`~medcam.inference.WindowLayout`, so the sliding-window
+windows and weights as a :class:`~medcam.core.windows.WindowLayout`, so the sliding-window
 CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
 with nnU-Net's test-time mirroring when asked, in float16 as nnU-Net does (on the CPU
 the logits equal ``nnUNetPredictor``'s exactly). The CAM weights its tiles with the
@@ -22,10 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from medcam.core.hooks import evaluation_mode, select_output
+from medcam.core.ops import finalize
 from medcam.core.targets import BoundTarget
+from medcam.core.windows import SlidingWindow, WindowLayout
 from medcam.errors import UserError
-from medcam.inference import SlidingWindow, WindowCAMResult, WindowLayout
-from medcam.methods.base import CAMMethod, PostProcessing
+from medcam.methods.base import CAMMethod, PostProcessing, window_combine
+from medcam.models.nnunet import FoldEnsemble
+from medcam.pipeline.windows import WindowCAMResult, sliding_window_cam
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,6 @@ def predict_nnunet(
     ones by whole tenths of a logit, and nnU-Net's labels come from those sums.
     Folds are stitched one by one and averaged in float16, as nnU-Net does. Returned as float32.
     """
-    from medcam.models.nnunet import FoldEnsemble
-
     if isinstance(model, FoldEnsemble):  # nnU-Net stitches each fold, then averages them in float16
         total_folds = predict_nnunet(model.folds[0], x, window, mirror_axes=mirror_axes).half()
         for network in model.folds[1:]:
@@ -144,10 +145,6 @@ def fold_cam(
     the ensemble's features taken together (all folds' channels), one backward pass for
     all of them. Methods that are not window-decomposable explain the layer as given.
     """
-    from medcam.core.ops import finalize
-    from medcam.inference import sliding_window_cam, window_combine
-    from medcam.models.nnunet import FoldEnsemble
-
     inner = {alias: _FOLD_PATH.match(path) for alias, path in layers.items()}
     if not isinstance(model, FoldEnsemble) or window_combine(method) is None or not all(inner.values()):
         return sliding_window_cam(
