@@ -16,6 +16,7 @@ from nnunet_folders import REGION_LABELS, REGION_ORDER, write_results
 from medcam.errors import UserError
 from medcam.models.nnunet import (
     FoldEnsemble,
+    MirrorEnsemble,
     NNUNetBundle,
     NNUNetError,
     is_nnunet_folder,
@@ -83,7 +84,7 @@ def test_folder_folds_and_checkpoints(results: Path) -> None:
     assert bundle.meta.labels == {"background": 0, "kidney": 1, "tumor": 2}
     assert bundle.meta.activation == "softmax" and bundle.meta.patch_size == (16, 16, 16)
     one = load_nnunet(results, folds=[1], checkpoint="best")
-    assert not isinstance(one.model, FoldEnsemble) and one.source is not None and one.source.checkpoint == "best"
+    assert isinstance(one.model, MirrorEnsemble) and one.source is not None and one.source.checkpoint == "best"
     from_file = load_nnunet(results / "fold_1" / "checkpoint_best.pth")
     assert from_file.source is not None and from_file.source.folds == ("1",) and from_file.source.checkpoint == "best"
     with pytest.raises(NNUNetError, match=r"no fold_3/checkpoint_final.pth \(folds present: 0, 1\)"):
@@ -107,10 +108,16 @@ def test_network_equals_nnunet_predictors_network(results: Path) -> None:
 
     predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(results), use_folds=(1,))
-    ours = load_nnunet(results, folds=[1]).model
+    ours = load_nnunet(results, folds=[1], mirroring=False).model
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), predictor.network.eval()(x))
+    # with mirroring: nnU-Net's own test-time mirroring of the same network (its 8 flips in 3D)
+    mirrored = load_nnunet(results, folds=[1]).model
+    assert isinstance(mirrored, MirrorEnsemble) and len(mirrored.flips) == 8
+    predictor.use_mirroring = True
+    torch.testing.assert_close(mirrored(x), predictor._internal_maybe_mirror_and_predict(x))
+    assert not torch.allclose(mirrored(x), ours(x))
 
 
 def test_regions_are_named_from_dataset_json(region_results: Path) -> None:

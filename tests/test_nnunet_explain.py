@@ -44,9 +44,10 @@ def _explain(*args: str) -> int:
 
 def test_prediction_equals_nnunets_and_maps_are_on_the_input_grid(tmp_path: Path, model: Path, case: Path) -> None:
     out = tmp_path / "review"
-    assert _explain("--volume", str(case), "--model", str(model.parent), "--class", "tumor", "--out", str(out)) == 0
+    args = ["--volume", str(case), "--model", str(model.parent), "--class", "tumor", "--out", str(out)]
+    assert _explain(*args, "--disable-tta") == 0
     ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
-    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0, 1))
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0, 1), mirroring=False)
     assert ours.shape == theirs.shape
     agreement = float((ours == theirs).mean())
     assert agreement >= AGREEMENT, agreement
@@ -68,11 +69,12 @@ def test_prediction_equals_nnunets_and_maps_are_on_the_input_grid(tmp_path: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["architecture"] == "nnunet:PlainConvUNet"
     assert summary["sliding_window"]["overlap"] == 0.5  # nnU-Net's tile step
-    assert summary["sliding_window"]["folds_summed"] == 2
+    assert summary["sliding_window"]["copies_summed"] == 2
     assert summary["layers"]["explained"] == {"folds.0.encoder.stages.2": "folds.0.encoder.stages.2"}
 
 
-def test_region_based_model(tmp_path: Path, case: Path) -> None:
+def test_region_based_model_with_mirroring(tmp_path: Path, case: Path) -> None:
+    """nnU-Net's default test-time mirroring: the prediction equals nnU-Net's with mirroring."""
     model = write_results(
         tmp_path / "results", labels=REGION_LABELS, order=REGION_ORDER, folds=(0,), deep_supervision=False
     )
@@ -80,10 +82,12 @@ def test_region_based_model(tmp_path: Path, case: Path) -> None:
     code = _explain("--volume", str(case), "--model", str(model), "--class", "masses", "--out", str(out))
     assert code == 0
     ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
-    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,))
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,), mirroring=True)
     assert float((ours == theirs).mean()) >= AGREEMENT
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["activation"] == "sigmoid"
+    assert summary["sliding_window"]["copies_summed"] == 8
+    assert summary["layers"]["explained"] == {"mirrors.0.encoder.stages.2": "mirrors.0.encoder.stages.2"}
     assert set(summary["prediction"]["voxels_per_label"]) <= {"none", "kidney", "masses", "tumor"}
 
 
@@ -120,12 +124,13 @@ def test_two_channel_case_and_its_errors(tmp_path: Path) -> None:
     model = write_results(tmp_path / "results", folds=(0,), channels=2)
     case = write_case(tmp_path / "images", channels=2)
     out = tmp_path / "review"
-    assert _explain("--volume", str(case), "--model", str(model), "--class", "kidney", "--out", str(out)) == 0
+    args = ["--volume", str(case), "--model", str(model), "--class", "kidney", "--disable-tta"]
+    assert _explain(*args, "--out", str(out)) == 0
     ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
-    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,))
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,), mirroring=False)
     assert float((ours == theirs).mean()) >= AGREEMENT
     (case.parent / "case_0001.nii.gz").unlink()
-    assert _explain("--volume", str(case), "--model", str(model), "--class", "kidney", "--out", str(out / "x")) == 2
+    assert _explain(*args, "--out", str(out / "x")) == 2
     assert not (out / "x").exists()
 
 
@@ -155,7 +160,7 @@ def test_fold_cam_sums_every_folds_copy_of_the_layer(model: Path) -> None:
     from medcam.pipeline.nnunet import NNUNetWindow, fold_cam, predict_nnunet
     from medcam.pipeline.windows import sliding_window_cam
 
-    bundle = load_nnunet(model)
+    bundle = load_nnunet(model, mirroring=False)
     torch.manual_seed(0)
     x = torch.randn(1, 1, 20, 18, 16)
     window = NNUNetWindow((16, 16, 16))
@@ -171,7 +176,7 @@ def test_fold_cam_sums_every_folds_copy_of_the_layer(model: Path) -> None:
         )
         for k in (0, 1)
     ]
-    assert both.stats["folds_summed"] == 2 and both.stats["windows"] == 4
+    assert both.stats["copies_summed"] == 2 and both.stats["windows"] == 4
     torch.testing.assert_close(both.maps["l"], per_fold[0].maps["l"] + per_fold[1].maps["l"])
     assert not torch.allclose(both.maps["l"], per_fold[0].maps["l"])
 
@@ -188,3 +193,29 @@ def test_folder_of_multichannel_cases_lists_each_case_once(tmp_path: Path) -> No
         ("b", "b_0000.nii.gz"),
         ("scan_0001", "scan_0001.nii.gz"),
     ]
+
+
+def test_mirrored_ensemble_map_is_flip_equivariant(model: Path) -> None:
+    """nnU-Net's mirror ensemble averages over every flip, so its score, and the map of all copies summed,
+    turn with the input: map(flip(x)) = flip(map(x)). One copy alone does not."""
+    from medcam.core.targets import SegmentationTarget
+    from medcam.methods.base import PostProcessing
+    from medcam.methods.registry import create_method
+    from medcam.pipeline.nnunet import NNUNetWindow, fold_cam, predict_nnunet
+    from medcam.pipeline.windows import sliding_window_cam
+
+    network = load_nnunet(model, folds="0").model
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16, 16)
+    window, cam, raw = NNUNetWindow((16, 16, 16)), create_method("hirescam"), PostProcessing(False, None)
+    layer = {"l": "mirrors.0.encoder.stages.1"}
+
+    def maps(volume: torch.Tensor, summed: bool) -> torch.Tensor:
+        prediction = predict_nnunet(network, volume, window)
+        bound = SegmentationTarget(2, pixels="image").bind(prediction)
+        run = fold_cam if summed else sliding_window_cam
+        return run(network, volume, cam, bound, layer, window, post=raw, prediction=prediction).maps["l"]
+
+    flipped = torch.flip(x, (2, 4))
+    torch.testing.assert_close(torch.flip(maps(flipped, True), (1, 3)), maps(x, True), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(torch.flip(maps(flipped, False), (1, 3)), maps(x, False), atol=1e-3)

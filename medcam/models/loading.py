@@ -44,16 +44,21 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelPath:
-    """A model path with the options of nnU-Net folders (``None``: the folder's defaults)."""
+    """A model path with the options of nnU-Net folders (``None``: the folder's defaults).
+
+    ``mirroring``: nnU-Net's test-time mirroring (off: ``nnUNetv2_predict --disable_tta``).
+    """
 
     path: Path
     folds: tuple[str, ...] | None = None
     checkpoint: str | None = None
     configuration: str | None = None
+    mirroring: bool = True
 
     @property
     def has_options(self) -> bool:
-        return self.folds is not None or self.checkpoint is not None or self.configuration is not None
+        given = (self.folds, self.checkpoint, self.configuration)
+        return any(v is not None for v in given) or not self.mirroring
 
 
 ModelSource = str | Path | ModelPath | ModelBundle | LoadedModel | None
@@ -82,11 +87,12 @@ def _load_folder(source: ModelPath, device: str) -> ModelBundle | None:
             folds=source.folds,
             checkpoint=source.checkpoint,
             configuration=source.configuration,
+            mirroring=source.mirroring,
             device=device,
         )
     if source.has_options:
         raise UserError(
-            f"--folds, --checkpoint and --configuration apply to nnU-Net trained-model folders; "
+            "--folds, --checkpoint, --configuration and --disable-tta apply to nnU-Net trained-model folders; "
             f"{source.path} is not one"
         )
     if is_monai_bundle(source.path):

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle
 from medcam.models.nnunet_checkpoint import NNUNetError, read_nnunet_checkpoint
+from medcam.models.nnunet_ensembles import FoldEnsemble, MirrorEnsemble
 
 logger = logging.getLogger(__name__)
 
@@ -242,20 +243,6 @@ def _trainer_builder(trainer: str) -> Any:
     return own
 
 
-class FoldEnsemble(nn.Module):
-    """The mean logit of several folds' networks, as nnU-Net ensembles folds."""
-
-    def __init__(self, networks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.folds = nn.ModuleList(networks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        total = self.folds[0](x)
-        for network in self.folds[1:]:
-            total = total + network(x)
-        return total / len(self.folds)
-
-
 @dataclass(frozen=True, eq=False)
 class NNUNetSource:
     """Where an nnU-Net model came from and what replays its preprocessing and export."""
@@ -313,13 +300,16 @@ def load_nnunet(
     folds: Sequence[int | str] | str | None = None,
     checkpoint: str | None = None,
     configuration: str | None = None,
+    mirroring: bool = True,
     device: str | torch.device = "cpu",
 ) -> NNUNetBundle:
     """An nnU-Net v2 trained-model folder as a model to explain (folds averaged, eval mode).
 
     ``folds``: default the folds with the checkpoint (as ``nnUNetv2_predict``);
     ``checkpoint``: ``"final"`` (default) or ``"best"``; ``configuration``: which trained
-    model when ``path`` is a dataset folder with several.
+    model when ``path`` is a dataset folder with several. ``mirroring``: nnU-Net's
+    test-time mirroring over the axes the checkpoint allows (``nnUNetv2_predict``'s
+    default; off is its ``--disable_tta``).
     """
     try:
         import nnunetv2  # noqa: F401
@@ -379,7 +369,8 @@ def load_nnunet(
             raise NNUNetError(
                 f"{folder}/fold_{fold}: weights do not fit the network of plans.json ({first_line})"
             ) from err
-        networks.append(network)
+        axes = first.mirror_axes if mirroring else None
+        networks.append(MirrorEnsemble(network, axes) if axes else network)
     model: nn.Module = networks[0] if len(networks) == 1 else FoldEnsemble(networks)
     patch = tuple(int(p) for p in config.patch_size)
     meta = CheckpointMeta(

@@ -6,16 +6,18 @@ evenly to the border), weights each tile with ``compute_gaussian`` (sigma 1/8 of
 patch) and divides by the summed weights. :class:`NNUNetWindow` gives exactly those
 windows and weights as a :class:`~medcam.core.windows.WindowLayout`, so the sliding-window
 CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
-with nnU-Net's test-time mirroring when asked, in float16 as nnU-Net does (on the CPU
-the logits equal ``nnUNetPredictor``'s exactly). The CAM weights its tiles with the
+in float16 as nnU-Net does (on the CPU the logits equal ``nnUNetPredictor``'s exactly).
+:func:`fold_cam` explains the ensemble's logit over every fold's and mirror's copy of a
+layer. The CAM weights its tiles with the
 same float16 gaussian in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,7 +29,7 @@ from medcam.core.targets import BoundTarget
 from medcam.core.windows import SlidingWindow, WindowLayout
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, PostProcessing, window_combine
-from medcam.models.nnunet import FoldEnsemble
+from medcam.models.nnunet_ensembles import FlipView, FoldEnsemble, MirrorEnsemble
 from medcam.pipeline.windows import WindowCAMResult, sliding_window_cam
 
 
@@ -76,32 +78,20 @@ class NNUNetWindow(SlidingWindow):
         return WindowLayout(spatial, roi, padded, tuple(pad), slices, importance)
 
 
-def mirrored(model: nn.Module, x: Tensor, axes: Sequence[int] | None) -> Tensor:
-    """nnU-Net's test-time mirroring: the mean logit over every combination of flipped spatial axes."""
-    out = select_output(model(x))
-    if not axes:
-        return out
-    flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations([a + 2 for a in axes], n)]
-    total = out.clone()
-    for dims in flips:
-        total += torch.flip(select_output(model(torch.flip(x, dims))), dims)
-    return total / (len(flips) + 1)
-
-
-def predict_nnunet(
-    model: nn.Module, x: Tensor, window: NNUNetWindow, *, mirror_axes: Sequence[int] | None = None
-) -> Tensor:
+def predict_nnunet(model: nn.Module, x: Tensor, window: NNUNetWindow) -> Tensor:
     """Stitched logits of ``x`` ``(N, C, *spatial)`` on nnU-Net's tiles, on ``x``'s device.
 
     Accumulated in float16 as ``nnUNetPredictor`` accumulates them: where every tile
     weight is a float16 subnormal (tile corners) the float16 sums differ from float32
     ones by whole tenths of a logit, and nnU-Net's labels come from those sums.
-    Folds are stitched one by one and averaged in float16, as nnU-Net does. Returned as float32.
+    Folds are stitched one by one and averaged in float16, as nnU-Net does; mirroring
+    is the model's own (:class:`~medcam.models.nnunet_ensembles.MirrorEnsemble`).
+    Returned as float32.
     """
     if isinstance(model, FoldEnsemble):  # nnU-Net stitches each fold, then averages them in float16
-        total_folds = predict_nnunet(model.folds[0], x, window, mirror_axes=mirror_axes).half()
+        total_folds = predict_nnunet(model.folds[0], x, window).half()
         for network in model.folds[1:]:
-            total_folds += predict_nnunet(network, x, window, mirror_axes=mirror_axes).half()
+            total_folds += predict_nnunet(network, x, window).half()
         return (total_folds / len(model.folds)).float()
     layout = window.layout(tuple(x.shape[2:]), device=x.device)
     device = next((p.device for p in model.parameters()), x.device)
@@ -112,7 +102,7 @@ def predict_nnunet(
     with torch.no_grad(), evaluation_mode(model):
         for corner in layout.slices:
             patch = padded[(slice(None), slice(None), *corner)].to(device)
-            out = mirrored(model, patch, mirror_axes).float().to(x.device)
+            out = select_output(model(patch)).float().to(x.device)
             if total is None:
                 total = torch.zeros((x.shape[0], out.shape[1], *layout.padded), dtype=torch.float16, device=x.device)
             total[(slice(None), slice(None), *corner)] += out * gaussian
@@ -122,7 +112,55 @@ def predict_nnunet(
     return stitched[(slice(None), slice(None), *layout.crop)].float().contiguous()
 
 
-_FOLD_PATH = re.compile(r"^folds\.\d+\.(.+)$")
+_COPY_PATH = re.compile(r"^(?:folds\.(?P<fold>\d+)\.)?(?:mirrors\.(?P<mirror>\d+)\.)?(?P<inner>.+)$")
+
+
+def _copies(model: nn.Module, path: str) -> list[tuple[str, tuple[int, ...]]] | None:
+    """Every fold's and mirror's copy of the layer at ``path``: (module path, flipped dims).
+
+    ``None`` when ``path`` is not inside the first fold / first mirror of an ensemble.
+    """
+    match = _COPY_PATH.match(path)
+    folds = list(model.folds) if isinstance(model, FoldEnsemble) else [model]
+    prefix = "folds.{k}." if isinstance(model, FoldEnsemble) else ""
+    if match is None or (match["fold"] or "0") != "0" or (match["mirror"] or "0") != "0":
+        return None
+    if bool(match["fold"]) != isinstance(model, FoldEnsemble):
+        return None
+    copies = []
+    for k, fold in enumerate(folds):
+        if isinstance(fold, MirrorEnsemble):
+            if not match["mirror"]:
+                return None
+            for m, dims in enumerate(fold.flips):
+                copies.append((f"{prefix.format(k=k)}mirrors.{m}.{match['inner']}", dims))
+        else:
+            if match["mirror"]:
+                return None
+            copies.append((f"{prefix.format(k=k)}{match['inner']}", ()))
+    return copies if len(copies) > 1 else None
+
+
+@contextlib.contextmanager
+def _flip_views(model: nn.Module, copies: list[tuple[str, tuple[int, ...]]]) -> Iterator[list[str]]:
+    """Wrap each mirrored copy's layer in a :class:`FlipView` for the call; yields the paths to hook."""
+    installed = []
+    paths = []
+    try:
+        for path, dims in copies:
+            if not dims:
+                paths.append(path)
+                continue
+            parent_path, _, name = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            original = getattr(parent, name)
+            setattr(parent, name, FlipView(original, dims))
+            installed.append((parent, name, original))
+            paths.append(f"{path}.view")
+        yield paths
+    finally:
+        for parent, name, original in reversed(installed):
+            setattr(parent, name, original)
 
 
 def fold_cam(
@@ -137,42 +175,45 @@ def fold_cam(
     prediction: Tensor,
     progress: bool = False,
 ) -> WindowCAMResult:
-    """Sliding-window CAM of a :class:`~medcam.models.nnunet.FoldEnsemble`'s fold-mean logit.
+    """Sliding-window CAM of nnU-Net's ensemble logit (mean over folds and mirrors).
 
-    A layer given in one fold (``folds.0.encoder.stages.4``) is hooked in every fold and
-    the maps are summed before ReLU and normalisation: for the gradient methods the map
-    is a sum over channels of weight x activation, so the sum over folds is the map of
-    the ensemble's features taken together (all folds' channels), one backward pass for
-    all of them. Methods that are not window-decomposable explain the layer as given.
+    A layer given in the first copy (``folds.0.mirrors.0.encoder.stages.4``) is hooked in
+    every fold and every mirrored copy, each seen in the input's orientation
+    (:class:`FlipView`), and the maps are summed before ReLU and normalisation: for the
+    gradient methods a map is a sum over channels of weight x activation, so the sum is
+    the map of all copies' channels taken together, i.e. of the score nnU-Net averages,
+    with its exact gradient, in one backward pass. Methods that are not window-decomposable
+    explain the layer as given.
     """
-    inner = {alias: _FOLD_PATH.match(path) for alias, path in layers.items()}
-    if not isinstance(model, FoldEnsemble) or window_combine(method) is None or not all(inner.values()):
+    copies = {alias: _copies(model, path) for alias, path in layers.items()}
+    if window_combine(method) is None or not all(copies.values()):
         return sliding_window_cam(
             model, x, method, bound, layers, window, post=post, prediction=prediction, progress=progress
         )
-    count = len(model.folds)
-    expanded = {
-        f"{alias}@fold{k}": f"folds.{k}.{match.group(1)}"
-        for alias, match in inner.items()
-        if match is not None
-        for k in range(count)
-    }
-    raw = sliding_window_cam(
-        model,
-        x,
-        method,
-        bound,
-        expanded,
-        window,
-        post=PostProcessing(relu=False, normalization=None),
-        prediction=prediction,
-        progress=progress,
-    )
+    with contextlib.ExitStack() as stack:
+        expanded = {}
+        for alias, found in copies.items():
+            assert found is not None
+            for index, path in enumerate(stack.enter_context(_flip_views(model, found))):
+                expanded[f"{alias}@{index}"] = path
+        raw = sliding_window_cam(
+            model,
+            x,
+            method,
+            bound,
+            expanded,
+            window,
+            post=PostProcessing(relu=False, normalization=None),
+            prediction=prediction,
+            progress=progress,
+        )
     spatial = tuple(int(s) for s in x.shape[2:])
     maps = {}
-    for alias in layers:
-        total = raw.maps.pop(f"{alias}@fold0")
-        for k in range(1, count):
-            total = total + raw.maps.pop(f"{alias}@fold{k}")
+    for alias, found in copies.items():
+        assert found is not None
+        total = raw.maps.pop(f"{alias}@0")
+        for index in range(1, len(found)):
+            total = total + raw.maps.pop(f"{alias}@{index}")
         maps[alias] = finalize(total, spatial, relu=post.relu, normalization=post.normalization)
-    return replace(raw, maps=maps, stats={**raw.stats, "folds_summed": count})
+    summed = len(next(iter(copies.values())) or [])
+    return replace(raw, maps=maps, stats={**raw.stats, "copies_summed": summed})
