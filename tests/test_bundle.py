@@ -148,7 +148,7 @@ def test_bundle_refusals(tmp_path: Path, bundle: Path) -> None:
     with pytest.raises(BundleError, match="refuses to load"):
         load_monai_bundle(write_bundle(tmp_path / "hostile", weights={"w": Hostile()}))
     assert not (tmp_path / "pwned.txt").exists()
-    with pytest.raises(UserError, match="--folds, --checkpoint and --configuration apply to nnU-Net"):
+    with pytest.raises(UserError, match="--folds, --checkpoint, --configuration and --disable-tta apply to nnU-Net"):
         load_model(ModelPath(bundle, folds=("0",)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither an nnU-Net trained-model folder"):
