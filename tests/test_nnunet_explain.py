@@ -219,3 +219,16 @@ def test_mirrored_ensemble_map_is_flip_equivariant(model: Path) -> None:
     flipped = torch.flip(x, (2, 4))
     torch.testing.assert_close(torch.flip(maps(flipped, True), (1, 3)), maps(x, True), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(torch.flip(maps(flipped, False), (1, 3)), maps(x, False), atol=1e-3)
+
+
+def test_levels_command_on_an_nnunet_folder(tmp_path: Path, model: Path, case: Path) -> None:
+    reference = tmp_path / "reference.nii.gz"
+    truth = np.zeros((30, 26, 22), np.uint8)
+    truth[10:20, 8:18, 8:16] = 1
+    nib.save(nib.Nifti1Image(truth, nib.load(case).affine), reference)
+    args = ["--volume", str(case), "--reference", str(reference), "--model", str(model), "--folds", "0"]
+    assert (
+        main(["levels", *args, "--disable-tta", "--class", "tumor", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    )
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert set(summary["layers"]["explained"]) == {"enc0", "enc1", "bottleneck", "dec0", "final"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from medcam.cli.explain import add_level_arguments, level_layer
+from medcam.cli.explain import add_level_arguments, add_model_source_arguments, level_layer, model_source
 
 
 def add_parser(sub: Any) -> None:
@@ -26,7 +26,12 @@ def add_parser(sub: Any) -> None:
     source.add_argument("--volume", metavar="PATH", help="a 3D image: .nii/.nii.gz, .nrrd, .mha, or a DICOM folder")
     source.add_argument("--image", metavar="PATH", help="a 2D image: .png/.jpg (or a 2D NIfTI/NRRD)")
     parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
-    parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default: the shipped demo model)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="medcam checkpoint, nnU-Net v2 trained-model folder or MONAI bundle folder (default: the demo model)",
+    )
+    add_model_source_arguments(parser)
     parser.add_argument("--method", default="hirescam", metavar="NAME", help="gradient CAM method (default: hirescam)")
     parser.add_argument(
         "--pixels",
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         by=args.rank_by,
         threshold=args.threshold,
-        model=args.model,
+        model=model_source(args),
         pixels=args.pixels,
         device=args.device,
         overlap=args.overlap,
