@@ -286,7 +286,7 @@ def _parametric_map(
     )
     pm.SeriesDescription = _lo(f"medcam {name} | {what}")
     if "Laterality" not in pm:  # General Series, type 2C: dciodvfy asks for it on Parametric Maps
-        pm.Laterality = ""
+        pm.Laterality = frames.source_images[0].get("Laterality", "")
     return pm
 
 
