@@ -51,6 +51,8 @@ from medcam.level_choice import level_summary
 from medcam.methods.base import CAMMethod, PostProcessing
 from medcam.methods.registry import create_method, method_parameters
 from medcam.models.checkpoint import DEMO_CHECKPOINT, CheckpointMeta, ModelBundle, load_checkpoint
+from medcam.volumes.dicom_seg import find_dicom_seg, read_dicom_seg
+from medcam.volumes.dicom_series import SeriesReferenceError, read_source_series
 from medcam.volumes.folders import OutputError, check_output
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, VolumeError, is_image_file, load_volume, strip_suffix, volume_format
@@ -298,12 +300,20 @@ def load_reference(spec: str | Path, volume: Volume) -> tuple[np.ndarray, str]:
     """A mask file ``FILE[:LABEL]`` on ``volume``'s voxel grid (shape and affine checked) and its definition.
 
     Without a label every non-zero voxel is in the mask; with one, the voxels of that value.
+    A DICOM SEG (a ``.dcm`` file or a folder holding one) is read by
+    :func:`medcam.volumes.dicom_seg.read_dicom_seg`; its ``LABEL`` is a segment number or name.
     """
     body, label = str(spec), None
     head, sep, tail = body.rpartition(":")
-    if sep and re.fullmatch(r"-?\d+", tail) and head:
-        body, label = head, int(tail)
-    mask = _mask_file(Path(body), volume, label)
+    seg = find_dicom_seg(Path(head)) if sep and head else None
+    if sep and head and (re.fullmatch(r"-?\d+", tail) or seg is not None):
+        body, label = head, int(tail) if re.fullmatch(r"-?\d+", tail) else tail  # a SEG's segment by name too
+    else:
+        seg = find_dicom_seg(Path(body))
+    if seg is not None:  # a DICOM SEG file, or a folder holding one
+        mask = read_dicom_seg(seg, volume, label)
+    else:
+        mask = _mask_file(Path(body), volume, label if isinstance(label, int) else None)
     return mask, body + (f":{label}" if label is not None else "")
 
 
@@ -426,13 +436,16 @@ def explain_volume(
     method_options: Mapping[str, Any] | None = None,
     reference: str | Path | None = None,
     montage: Montage | None = None,
+    dicom_out: bool | None = None,
 ) -> VolumeExplanation:
     """Explain ``class_name`` on one image with the checkpoint ``model`` (default: the demo model).
 
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
     With several layers (``layer="levels"``) or a ``reference`` mask (``FILE[:LABEL]`` on
     the image's grid), ``summary["levels"]`` holds each layer's localisation numbers
-    (:mod:`medcam.level_choice`); ``montage`` styles the level montage PNG.
+    (:mod:`medcam.level_choice`); ``montage`` styles the level montage PNG. ``dicom_out``:
+    also write DICOM Parametric Maps and a SEG (``None``: when the input is a DICOM series;
+    a series with missing or unequally spaced slices is refused here, before any work).
     Torch's random state is seeded with ``seed`` for the call and restored afterwards.
     """
     device = _check_device(device)
@@ -451,6 +464,7 @@ def explain_volume(
         create_method(method, **dict(method_options or {}))  # a wrong method or option fails before any loading
         post = PostProcessing(relu=relu, normalization=normalize)
         vol = volume if isinstance(volume, Volume) else load_volume(volume)
+        dicom_out = _check_dicom_source(vol, dicom_out)
         truth, truth_definition = load_reference(reference, vol) if reference is not None else (None, None)
         lap("load_volume")
         loaded = load_model(model, device)
@@ -578,7 +592,27 @@ def explain_volume(
             image_window=image_window,
             reference=truth,
             montage=montage or Montage(),
+            dicom_out=dicom_out,
         )
+
+
+def _check_dicom_source(volume: Volume, dicom_out: bool | None) -> bool | None:
+    """Check a DICOM series before any work: the DICOM objects must lie on its frames.
+
+    A series with missing or unequally spaced slices is refused (its geometry as read is
+    wrong); one that DICOM objects cannot reference (e.g. no frame of reference) is refused
+    with ``--dicom-out`` and written without ``dicom/`` when DICOM out is automatic.
+    """
+    if volume.format != "dicom" or dicom_out is False:
+        return dicom_out
+    try:
+        read_source_series(volume)
+    except SeriesReferenceError as err:
+        if dicom_out:
+            raise
+        logger.warning("%s; writing no dicom/ folder", err)
+        return False
+    return dicom_out
 
 
 def method_for_grid(

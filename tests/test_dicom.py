@@ -8,6 +8,7 @@ pydicom's frame decoding serve as independent readers of what medcam writes; dci
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
-from volume_phantoms import ramp, rotation, write_kits_like
+from volume_phantoms import kits_phantom, ramp, rotation, write_kits_like
 
 from medcam.review.dicom import write_dicom
 from medcam.volumes.dicom_seg import read_dicom_seg
@@ -370,3 +371,103 @@ def test_seg_of_another_series_or_grid_is_refused(tmp_path: Path) -> None:
         read_dicom_seg(seg, volume, "liver")
     with pytest.raises(VolumeError, match="not a DICOM SEG"):
         read_dicom_seg(next(iter(sorted((tmp_path / "a").iterdir()))), volume, 1)
+
+
+# ------------------------------------------------------------------------------------
+# medcam explain: dicom/ in the review folder, SEG back as --pixels mask:
+
+
+@pytest.fixture(scope="module")
+def kits_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The KiTS-like phantom as an axial CT series of 12 slices of 28 x 32 (HU)."""
+    data = np.rint(kits_phantom((32, 28, 12)))
+    return ct_series(tmp_path_factory.mktemp("kits_dicom") / "series", data, np.eye(3))
+
+
+def _explain(*args: str) -> int:
+    from medcam.cli import main
+
+    return main(["explain", *args, "--class", "tumor", "--no-progress"])
+
+
+def test_explain_writes_dicom_for_a_series_that_reads_back_as_the_nifti_outputs(
+    tmp_path: Path, kits_series: Path, kits_model: Path
+) -> None:
+    out = tmp_path / "review"
+    box = ("--pixels", "box:8,8,3:24,22,9")
+    assert _explain("--volume", str(kits_series), "--model", str(kits_model), *box, "--out", str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs"]["dicom"] == ["dicom/prediction_seg.dcm", "dicom/heatmap_pm.dcm"]
+    volume = load_volume(kits_series)
+    heat = load_volume(out / "heatmap.nii.gz").array[0]
+    prediction = np.rint(load_volume(out / "prediction.nii.gz").array[0]).astype(int)
+    pm = pydicom.dcmread(out / "dicom" / "heatmap_pm.dcm")
+    decoded = pm.pixel_array
+    for index, item in enumerate(pm.PerFrameFunctionalGroupsSequence):
+        k = _slice_of(volume, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float))
+        np.testing.assert_array_equal(decoded[index], heat[:, :, k].T)
+    seg = out / "dicom" / "prediction_seg.dcm"
+    labels = {1: "kidney", 2: "tumor", 3: "cyst"}
+    for value, name in labels.items():
+        if (prediction == value).any():
+            np.testing.assert_array_equal(read_dicom_seg(seg, volume, name), prediction == value)
+    assert pydicom.dcmread(seg).SeriesDescription.startswith("medcam prediction | hirescam | class tumor")
+    # the SEG is a mask for --pixels (and --reference): the same voxels as the prediction
+    from medcam.pipeline import load_reference
+
+    value = int(np.bincount(prediction[prediction > 0]).argmax())
+    mask, definition = load_reference(f"{seg}:{labels[value]}", volume)
+    np.testing.assert_array_equal(mask, prediction == value)
+    assert definition == f"{seg}:{labels[value]}"
+    again = tmp_path / "again"
+    pixels = f"mask:{seg}:{value}"
+    assert (
+        _explain("--volume", str(kits_series), "--model", str(kits_model), "--pixels", pixels, "--out", str(again)) == 0
+    )
+    assert json.loads((again / "summary.json").read_text())["pixel_set"]["definition"] == pixels
+
+
+def test_dicom_out_is_automatic_for_series_and_forced_or_suppressed_by_flags(
+    tmp_path: Path, kits_series: Path, kits_case: Path, kits_model: Path
+) -> None:
+    model = ("--model", str(kits_model), "--pixels", "box:2,6,4:10,26,24")
+    assert _explain("--volume", str(kits_case), *model, "--out", str(tmp_path / "nifti")) == 0
+    assert not (tmp_path / "nifti" / "dicom").exists()
+    assert _explain("--volume", str(kits_case), *model, "--dicom-out", "--out", str(tmp_path / "forced")) == 0
+    images = sorted((tmp_path / "forced" / "dicom" / "image").iterdir())
+    assert len(images) == load_volume(kits_case).spatial_shape[2]
+    assert (tmp_path / "forced" / "dicom" / "heatmap_pm.dcm").is_file()
+    box = ("--pixels", "box:8,8,3:24,22,9")
+    off = tmp_path / "off"
+    assert (
+        _explain("--volume", str(kits_series), "--model", str(kits_model), *box, "--no-dicom-out", "--out", str(off))
+        == 0
+    )
+    assert (off / "heatmap.nii.gz").is_file() and not (off / "dicom").exists()
+
+
+def test_unequally_spaced_series_is_exit_2_before_any_work(
+    tmp_path: Path, kits_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    offsets = [0.0, 2.5, 5.0, 7.5, 12.5, 15.0, 17.5, 20.0]
+    series = ct_series(tmp_path / "gap", ramp(SHAPE).astype(np.int16), np.eye(3), offsets=offsets)
+    out = tmp_path / "out"
+    assert _explain("--volume", str(series), "--model", str(kits_model), "--pixels", "image", "--out", str(out)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "missing, doubled or unequally spaced slices" in lines[0], lines
+    assert not out.exists()
+
+
+def test_series_without_frame_of_reference_skips_dicom_unless_forced(
+    tmp_path: Path, kits_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from volume_phantoms import header_variants
+
+    series = header_variants()["dicom_series"](tmp_path)  # written by SimpleITK: no FrameOfReferenceUID
+    args = ("--volume", str(series), "--model", str(kits_model), "--pixels", "image")
+    assert _explain(*args, "--out", str(tmp_path / "auto")) == 0
+    assert (tmp_path / "auto" / "heatmap.nii.gz").is_file() and not (tmp_path / "auto" / "dicom").exists()
+    capsys.readouterr()
+    assert _explain(*args, "--dicom-out", "--out", str(tmp_path / "forced")) == 2
+    assert "no frame(s) of reference" in capsys.readouterr().err
+    assert not (tmp_path / "forced").exists()

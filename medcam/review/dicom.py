@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from medcam.errors import UserError
-from medcam.volumes.dicom_series import SourceSeries, read_source_series, volume_geometry
+from medcam.volumes.dicom_series import read_source_series, volume_geometry
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume
 
@@ -125,7 +125,7 @@ def dicom_frames(volume: Volume) -> DicomFrames:
     """The source instances the objects derive from: the input series, or a derived series of a non-DICOM input."""
     if volume.format == "dicom":
         source = read_source_series(volume)
-        return DicomFrames(_single_source(source, volume), source.slice_order, synthetic=False)
+        return DicomFrames(source.datasets, source.slice_order, synthetic=False)
     images = derived_series(volume)
     return DicomFrames(images, list(range(len(images))), synthetic=True)
 
@@ -136,17 +136,6 @@ def frame_stack(data: np.ndarray, slice_order: Sequence[int]) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     return np.stack([array[:, :, k].T for k in slice_order])
-
-
-def _single_source(source: SourceSeries, volume: Volume) -> list[Any]:
-    """highdicom takes single-frame instances or exactly one multi-frame instance."""
-    multi = [ds for ds in source.datasets if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
-    if multi and len(source.datasets) > 1:
-        raise UserError(
-            f"the DICOM series {volume.path.name} splits its frames over {len(source.datasets)} multi-frame "
-            "instances; DICOM output needs single-frame slices or one multi-frame image (or use --no-dicom-out)"
-        )
-    return source.datasets
 
 
 def _what(description: Mapping[str, str]) -> str:

@@ -30,6 +30,10 @@ _POSITION_TOLERANCE = 0.01
 _COSINE_TOLERANCE = 1e-3
 
 
+class SeriesReferenceError(VolumeError):
+    """A series that reads fine as a volume but that DICOM objects cannot reference (e.g. no frame of reference)."""
+
+
 @dataclass(frozen=True)
 class SourceFrame:
     """One image frame of the source series and the volume slice it is.
@@ -78,8 +82,10 @@ def volume_geometry(volume: Volume) -> ItkGeometry:
 def read_source_series(volume: Volume) -> SourceSeries:
     """The instances behind a DICOM ``volume``, checked frame by frame against its grid.
 
-    Raises :class:`~medcam.volumes.io.VolumeError` for a series medcam cannot reference
-    exactly: missing or unequally spaced slices, mixed orientations or frames of reference.
+    Raises :class:`~medcam.volumes.io.VolumeError` for a series whose frames do not lie on
+    the volume's grid (missing or unequally spaced slices, mixed orientations): its
+    geometry as read is wrong; :class:`SeriesReferenceError` for one that is a good volume
+    but cannot be referenced (no or several frames of reference, several multi-frame instances).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -94,9 +100,14 @@ def read_source_series(volume: Volume) -> SourceSeries:
             raise VolumeError(f"cannot read {path} as DICOM ({err}); is the file truncated?") from err
     frames = [frame for ds in datasets for frame in _frames(ds)]
     name = volume.path.name
+    if len(datasets) > 1 and any(number is not None for *_, number in frames):
+        raise SeriesReferenceError(
+            f"the DICOM series {name} splits its frames over {len(datasets)} multi-frame instances; DICOM objects "
+            "can derive from single-frame slices or one multi-frame image"
+        )
     uids = {str(getattr(ds, "FrameOfReferenceUID", "")) for ds in datasets}
     if len(uids) != 1 or "" in uids:
-        raise VolumeError(
+        raise SeriesReferenceError(
             f"the DICOM series {name} has {'no' if '' in uids else 'several'} frame(s) of reference; "
             "medcam needs one series in one frame of reference"
         )
