@@ -309,6 +309,24 @@ def test_non_dicom_input_gets_a_derived_image_series_in_a_new_study(tmp_path: Pa
         assert dciodvfy_errors(path) == [], path.name
 
 
+def test_segments_are_numbered_in_label_order_and_unnamed_labels_kept(tmp_path: Path) -> None:
+    volume = load_volume(SOURCES["axial"](tmp_path, ramp(SHAPE).astype(np.int16)))
+    labels = np.zeros(volume.spatial_shape, dtype=np.uint8)
+    labels[1:5, 2:6, 1:3] = 2
+    labels[8:12, 7:10, 4:7] = 7  # a value the checkpoint does not name
+    seg = write_dicom(tmp_path / "out", volume, {}, labels, {2: "tumor", 3: "cyst"}, COLOURS, DESCRIPTION)[0]
+    items = pydicom.dcmread(seg).SegmentSequence
+    assert [(s.SegmentNumber, s.SegmentLabel, s.TrackingID) for s in items] == [
+        (1, "tumor", "label 2"),
+        (2, "cyst", "label 3"),
+        (3, "label 7", "label 7"),
+    ]
+    np.testing.assert_array_equal(read_dicom_seg(seg, volume, "label 7"), labels == 7)
+    np.testing.assert_array_equal(read_dicom_seg(seg, volume, 1), labels == 2)
+    with pytest.raises(VolumeError, match="no voxels in segment"):
+        read_dicom_seg(seg, volume, "cyst")
+
+
 def _content(path: Path) -> Dataset:
     """The object without what changes on every run (UIDs, creation dates and times)."""
     ds = pydicom.dcmread(path)

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from medcam.errors import UserError
 from medcam.volumes.dicom_series import read_source_series, volume_geometry
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume
@@ -106,14 +105,14 @@ def write_dicom(
         "series_time": now.time(),
     }
     what = _what(description)
-    if labels is not None:
-        seg = _segmentation(hd, frames, volume, labels, segments, colours, description, common)
+    seg = _segmentation(hd, frames, labels, segments, colours, description, common) if labels is not None else None
+    if seg is not None:
         seg.SeriesDescription = _lo(f"medcam prediction | {what}")
         path = folder / "prediction_seg.dcm"
         seg.save_as(path, enforce_file_format=True)
         written.append(path)
     for offset, (name, data) in enumerate(maps.items()):
-        pm = _parametric_map(hd, frames, volume, name, data, what, MAP_SERIES_NUMBER + offset, common)
+        pm = _parametric_map(hd, frames, name, data, what, MAP_SERIES_NUMBER + offset, common)
         path = folder / f"{_file_stem(name)}_pm.dcm"
         pm.save_as(path, enforce_file_format=True)
         written.append(path)
@@ -182,25 +181,26 @@ def _algorithm(hd: Any, description: Mapping[str, str]) -> Any:
 def _segmentation(
     hd: Any,
     frames: DicomFrames,
-    volume: Volume,
     labels: np.ndarray,
     segments: Mapping[int, str],
     colours: Mapping[int, tuple[float, float, float]],
     description: Mapping[str, str],
     common: Mapping[str, Any],
 ) -> Any:
-    """A binary SEG, one segment per label value present in ``segments`` (numbered 1.. in label order)."""
+    """A binary SEG, one segment per foreground label (named or present), numbered 1.. in label order."""
     from pydicom.sr.coding import Code
 
-    values = sorted(v for v in segments if v != 0)
+    present = {int(v) for v in np.unique(labels)}
+    values = sorted((set(segments) | present) - {0})
     if not values:
-        raise UserError("the checkpoint names no foreground labels, so there is no DICOM SEG to write")
+        logger.warning("no foreground label is named or predicted, so no DICOM SEG is written")
+        return None
     numbers = np.zeros(int(max(int(np.max(labels, initial=0)), max(values))) + 1, dtype=np.uint16)
     descriptions = []
     algorithm = _algorithm(hd, description)
     for number, value in enumerate(values, start=1):
         numbers[value] = number
-        name = segments[value]
+        name = segments.get(value, f"label {value}")
         category, kind = _PROPERTIES.get(name.lower(), _TISSUE)
         red, green, blue = (float(np.clip(c, 0.0, 1.0)) * 255.0 for c in colours.get(value, (1.0, 1.0, 0.0)))
         descriptions.append(
@@ -236,7 +236,6 @@ def _segmentation(
 def _parametric_map(
     hd: Any,
     frames: DicomFrames,
-    volume: Volume,
     name: str,
     data: np.ndarray,
     what: str,
