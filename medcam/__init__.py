@@ -22,11 +22,10 @@ from medcam.core.targets import (
     WholeImage,
     parse_pixel_set,
 )
-from medcam.level_choice import LevelRanking, LevelScore, rank_levels, recommend_level, score_levels
 from medcam.methods.registry import create_method, list_methods
+from medcam.metrics.levels import LevelRanking, LevelScore, rank_levels, recommend_level, score_levels
 from medcam.models.levels import Level, LevelShape, discover_levels, measure_levels
-
-__version__ = "0.1.0"
+from medcam.version import __version__
 
 __all__ = [
     "Box",

@@ -66,12 +66,19 @@ class Explanation:
         return next(iter(self.maps.values()))
 
 
+def layer_names(text: str) -> list[str]:
+    """The names of a comma-separated list in a layer spec (``"enc2, bottleneck"``), blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def resolve_layers(model: nn.Module, layers: LayerSpec, x: Tensor) -> tuple[dict[str, str], str]:
     """Turn a layer spec into ``{alias: module path}`` plus a note on how it was chosen.
 
+    The one layer grammar (the API, ``--layer`` and ``--levels`` all end here):
     ``"auto"``: a U-Net's bottleneck or a classifier's last spatial feature map.
     ``"levels"``: every discovered U-Net level; ``"levels:enc2,bottleneck"`` a subset.
-    A str or list of str: module paths. A mapping: alias -> module path.
+    A str (comma-separated for several) or list of str: module paths. A mapping:
+    alias -> module path.
     """
     if isinstance(layers, str) and layers == "auto":
         path, reason = auto_layer(model, x)
@@ -80,13 +87,15 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, x: Tensor) -> tuple[dict
         levels = {lv.name: lv.path for lv in discover_levels(model)}
         if layers == "levels":
             return levels, "levels: all"
-        chosen = [n.strip() for n in layers.split(":", 1)[1].split(",") if n.strip()]
+        chosen = layer_names(layers.split(":", 1)[1])
         if not chosen:
             raise LevelError(f"{layers!r} has no level names; use 'levels' or e.g. 'levels:enc2,bottleneck'")
         for name in chosen:
             if name not in levels:
                 raise LevelError(f"level {name!r} does not exist ({suggest(list(levels), name)})")
         return {n: levels[n] for n in chosen}, f"levels: {', '.join(chosen)}"
+    if isinstance(layers, str) and "," in layers:
+        layers = layer_names(layers)
     if isinstance(layers, str):
         mapping = {layers: layers}
     elif isinstance(layers, Mapping):

@@ -67,7 +67,7 @@ def test_demo_explains_the_phantom_tumour_and_refuses_an_existing_folder(tmp_pat
 
 def test_failed_overwrite_restores_the_previous_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import medcam.pipeline
-    from medcam.demo import run_demo as run_in_process
+    from medcam.pipeline.demo import run_demo as run_in_process
 
     out = tmp_path / "demo"
     out.mkdir()

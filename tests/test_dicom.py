@@ -431,7 +431,7 @@ def test_explain_writes_dicom_for_a_series_that_reads_back_as_the_nifti_outputs(
             np.testing.assert_array_equal(read_dicom_seg(seg, volume, name), prediction == value)
     assert pydicom.dcmread(seg).SeriesDescription.startswith("medcam prediction | hirescam | class tumor")
     # the SEG is a mask for --pixels (and --reference): the same voxels as the prediction
-    from medcam.pipeline import load_reference
+    from medcam.volumes.pixels import load_reference
 
     value = int(np.bincount(prediction[prediction > 0]).argmax())
     mask, definition = load_reference(f"{seg}:{labels[value]}", volume)

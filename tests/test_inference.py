@@ -11,9 +11,9 @@ import medcam
 from medcam.core.hooks import LayerCapture
 from medcam.core.ops import finalize, upsample
 from medcam.core.targets import SegmentationTarget
-from medcam.inference import SlidingWindow, WindowError, predict, sliding_window_cam, window_combine
 from medcam.methods.base import PostProcessing
 from medcam.methods.registry import create_method
+from medcam.pipeline.windows import SlidingWindow, WindowError, predict, sliding_window_cam, window_combine
 
 BOTTLENECK = "model.1.submodule"
 FINAL = "model.1"  # the last feature map before the up-convolution, at half resolution

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 import medcam
 from medcam.errors import UserError
-from medcam.level_choice import LevelScore, rank_levels, recommend_level, score_levels
+from medcam.metrics.levels import LevelScore, rank_levels, recommend_level, score_levels
 
 
 def test_scores_by_hand_on_a_small_map() -> None:

@@ -17,7 +17,7 @@ from medcam.errors import UserError
 from medcam.models.checkpoint import CheckpointMeta, save_checkpoint
 from medcam.models.factory import build_model
 from medcam.pipeline import explain_case
-from medcam.volumes.montage import Montage, render_montage, slice_positions
+from medcam.review.montage import Montage, render_montage, slice_positions
 
 SHAPE = (14, 24, 20)
 # oblique, anisotropic, and a qform that differs from the sform (which wins, code 2)
@@ -298,7 +298,7 @@ def test_medcam_levels_ranks_module_paths_of_any_network(
 
 
 def test_crop_keeps_the_target_and_its_surroundings() -> None:
-    from medcam.volumes.montage import _crop_box
+    from medcam.review.montage import _crop_box
 
     panel = np.zeros((100, 80), bool)
     panel[40:50, 30:34] = True  # 10 rows, 4 columns: both below CROP_MARGIN = 16, so 16 on each side

@@ -235,7 +235,7 @@ def test_explanations_are_deterministic(tmp_path: Path, kits_case: Path, kits_mo
 def test_a_failed_write_leaves_nothing_and_keeps_the_old_folder(
     tmp_path: Path, kits_case: Path, kits_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medcam.volumes.review as review
+    import medcam.review.bundle as review
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")

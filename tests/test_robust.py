@@ -16,7 +16,7 @@ import medcam
 from medcam.core.targets import TargetError
 from medcam.errors import UserError
 from medcam.methods.robust import RobustCAM
-from medcam.methods.views import Identity, ViewError
+from medcam.methods.robust.views import Identity, ViewError
 
 
 class Ramp(nn.Module):

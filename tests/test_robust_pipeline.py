@@ -20,16 +20,16 @@ from medcam.cli import main
 from medcam.cli.method_options import parse_method_options
 from medcam.core.targets import SegmentationTarget
 from medcam.errors import UserError
-from medcam.inference import SlidingWindow, WindowError, sliding_window_cam
 from medcam.methods.base import PostProcessing
 from medcam.methods.gradient import HiResCAM
 from medcam.methods.registry import create_method
 from medcam.methods.robust import RobustCAM
-from medcam.methods.views import Flip, Rotation, parse_view
+from medcam.methods.robust.views import Flip, Rotation, parse_view
+from medcam.methods.robust.windows import WindowViewTarget
 from medcam.models.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from medcam.models.factory import build_model
 from medcam.pipeline import explain_case, explain_volume
-from medcam.robust_windows import WindowViewTarget
+from medcam.pipeline.windows import SlidingWindow, WindowError, sliding_window_cam
 
 BOTTLENECK = "model.1.submodule"
 VIEWS = ["identity", "flip:0", "rotate:10:fill=min", "intensity", "blur:1"]

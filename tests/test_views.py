@@ -12,7 +12,7 @@ from scipy import ndimage
 from torchvision.transforms import InterpolationMode
 
 from medcam.methods.robust import fuse
-from medcam.methods.views import (
+from medcam.methods.robust.views import (
     Flip,
     Gamma,
     GaussianBlur,

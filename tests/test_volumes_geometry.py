@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from volume_phantoms import header_variants, ramp
 
+from medcam.review.writers import write_nifti_like, write_nrrd, write_segmentation
 from medcam.volumes.geometry import LPS_TO_RAS, ItkGeometry, reorder_axes, voxel_centres
 from medcam.volumes.io import load_volume, quiet_itk
-from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentation
 
 VARIANTS = [name for name in header_variants() if name != "nifti2"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from medcam.volumes.slicer import colormap_table
+from medcam.review.slicer import colormap_table
 
 BUILT_IN_NODES = {"vtkMRMLColorTableNodeGrey"}
 

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medcam.demo import run_demo
+    from medcam.pipeline.demo import run_demo
 
     report = run_demo(
         args.out,

@@ -103,13 +103,14 @@ def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: 
 
 def level_layer(args: argparse.Namespace) -> str:
     """The layer spec of ``--layer`` and ``--levels`` (which must not both be given)."""
+    from medcam.api import layer_names
     from medcam.errors import UserError
 
     if args.levels is None:
         return str(args.layer)
     if args.layer != "auto":
         raise UserError(f"give --levels or --layer, not both (got --levels {args.levels} and --layer {args.layer})")
-    names = [n.strip() for n in args.levels.split(",") if n.strip()]
+    names = layer_names(args.levels)
     if not names:
         raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
     return "levels" if names == ["all"] else "levels:" + ",".join(names)
@@ -120,35 +121,33 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medcam import pipeline
-    from medcam.cli.method_options import check_method_options, parse_method_options
+    from medcam.cli.method_options import parse_method_options
     from medcam.errors import UserError
-    from medcam.volumes.montage import Montage
+    from medcam.review.montage import Montage
 
-    method = args.method or pipeline.DEFAULT_METHOD
-    method_options = parse_method_options(args.method_options)
-    check_method_options(method, method_options)  # stop on a bad option before reading anything
-    options: dict[str, Any] = {
-        "model": args.model,
-        "method": method,
-        "method_options": method_options,
-        "pixels": args.pixels,
-        "layer": level_layer(args),
-        "montage": Montage(args.montage_scale, args.montage_slices, args.montage_crop),
-        "device": args.device,
-        "overlap": args.overlap,
-        "blend": args.blend,
-        "window_batch": args.window_batch,
-        "normalize": None if args.normalize == "none" else args.normalize,
-        "relu": not args.no_relu,
-        "seed": args.seed,
-        "progress": not args.no_progress,
-        "dicom_out": args.dicom_out,
-    }
+    # one options object per run; building it builds the method, so a bad method or option stops here
+    options = pipeline.ExplainOptions(
+        method=args.method or pipeline.DEFAULT_METHOD,
+        method_options=parse_method_options(args.method_options),
+        pixels=args.pixels,
+        layer=level_layer(args),
+        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
+        device=args.device,
+        overlap=args.overlap,
+        blend=args.blend,
+        window_batch=args.window_batch,
+        normalize=None if args.normalize == "none" else args.normalize,
+        relu=not args.no_relu,
+        seed=args.seed,
+        progress=not args.no_progress,
+        reference=args.reference,
+        dicom_out=args.dicom_out,
+    )
     single = args.volume or args.image
     if single is not None:
         out = Path(args.out) if args.out else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
         written = pipeline.explain_case(
-            single, out, class_name=args.class_name, overwrite=args.overwrite, reference=args.reference, **options
+            single, out, class_name=args.class_name, overwrite=args.overwrite, model=args.model, options=options
         )
         print(f"medcam: wrote {written}")
         return 0
@@ -159,7 +158,14 @@ def run(args: argparse.Namespace) -> int:
     cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)
     rank, world = pipeline.rank_and_world()
     report = pipeline.explain_batch(
-        cases, args.out, class_name=args.class_name, overwrite=args.overwrite, rank=rank, world_size=world, **options
+        cases,
+        args.out,
+        class_name=args.class_name,
+        overwrite=args.overwrite,
+        rank=rank,
+        world_size=world,
+        model=args.model,
+        options=options,
     )
     prefix = f"medcam[{rank}/{world}]" if world > 1 else "medcam"
     print(

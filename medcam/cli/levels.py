@@ -59,8 +59,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medcam.level_choice import recommend_case
-    from medcam.volumes.montage import Montage
+    from medcam.pipeline.recommend import recommend_case
+    from medcam.review.montage import Montage
 
     # module paths (comma-separated) are split by the pipeline, as for medcam explain --layer
     layer = "levels" if args.levels is None and args.layer == "auto" else level_layer(args)

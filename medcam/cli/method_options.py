@@ -43,21 +43,3 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def check_method_options(method: str, options: dict[str, Any]) -> None:
-    """Build the method once with ``options``, so a bad name or value stops before any work.
-
-    Unknown names come back from the registry with the valid ones listed; a value of the
-    wrong type, which a method's constructor may reject with a ``TypeError``, becomes a
-    user error naming the options given.
-    """
-    from medcam.methods.registry import create_method
-
-    try:
-        create_method(method, **options)
-    except UserError:
-        raise
-    except (TypeError, ValueError) as err:
-        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
-        raise UserError(f"method {method!r} does not accept --method-option {given}: {err}") from None

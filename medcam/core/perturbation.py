@@ -20,8 +20,12 @@ from torch import Tensor
 
 from medcam.errors import UserError
 
-Baseline = Literal["zeros", "min", "blur"]
-BASELINES: tuple[str, ...] = ("zeros", "min", "blur")
+Baseline = Literal["zeros", "min", "mean", "blur", "groupcam-blur"]
+BASELINES: tuple[str, ...] = ("zeros", "min", "mean", "blur", "groupcam-blur")
+
+# the light "blur" baseline: Petsiuk et al. blur 224-pixel images with sigma 5 (kernel 11)
+LIGHT_BLUR_SIGMA = 5.0
+LIGHT_BLUR_REFERENCE = 224.0
 
 # Group-CAM's blur (Zhang et al. 2021): kernel 51, sigma 50 for a 224 px image
 BLUR_KERNEL = 51
@@ -105,21 +109,65 @@ def blur_baseline(
     return gaussian_blur(x, sizes, sigmas)
 
 
-def baseline_image(x: Tensor, kind: str) -> Tensor:
-    """The reference input ``I_b`` of contribution weights.
+def default_blur_sigma(spatial: tuple[int, ...]) -> float:
+    """The ``"blur"`` baseline's sigma in pixels: 5 at a 224-pixel side (Petsiuk et al. 2018), scaled, at least 1."""
+    return max(1.0, LIGHT_BLUR_SIGMA * min(spatial) / LIGHT_BLUR_REFERENCE)
 
-    ``"zeros"``: all zeros in the model's input space (the paper's black image);
-    ``"min"``: each sample's per-channel minimum everywhere (CT: air rather than 0 HU);
-    ``"blur"``: the Group-CAM blur of ``x``.
+
+def light_blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of ``(N, C, *spatial)`` with one sigma on every axis (1, 2 or 3 D), in float32.
+
+    The kernel reaches ``ceil(2 sigma)`` pixels each way; borders are replicated so the
+    image keeps its mean intensity at the edges.
     """
-    if kind == "zeros":
+    if sigma <= 0:
+        raise UserError(f"blur sigma must be positive, got {sigma}")
+    spatial = x.shape[2:]
+    if not 1 <= len(spatial) <= 3:
+        raise UserError(f"blur needs 1, 2 or 3 spatial dimensions, got {len(spatial)}")
+    size = 2 * math.ceil(2 * sigma) + 1
+    blurred = gaussian_blur(x.float(), [size] * len(spatial), [sigma] * len(spatial), padding="replicate")
+    return blurred.to(x.dtype)
+
+
+BaselineSpec = str | float | Tensor
+
+
+def baseline_image(x: Tensor, spec: BaselineSpec, *, blur_sigma: float | None = None) -> Tensor:
+    """The baseline input for ``x``: an input of the same shape that carries "no evidence".
+
+    The one baseline grammar of medcam (Fusion-CAM's and Union-CAM's ``I_b``, the
+    metrics' deletion and insertion), in the model's input space (after its normalisation):
+
+    * ``"zeros"``: all zeros (the papers' black image, what ``X * map`` assumes);
+    * ``"min"``: each sample's per-channel minimum everywhere (CT: air rather than 0 HU);
+    * ``"mean"``: each sample's per-channel mean;
+    * ``"blur"``: a light Gaussian blur, sigma 5 px at 224 px (Petsiuk et al. 2018 start
+      insertion from it), or ``blur_sigma``;
+    * ``"groupcam-blur"``: Group-CAM's heavy blur (kernel 51, sigma 50 at 224 px);
+    * a number, or a tensor broadcastable to ``x``.
+    """
+    dims = tuple(range(2, x.ndim))
+    if isinstance(spec, Tensor):
+        try:
+            return torch.broadcast_to(spec.to(device=x.device, dtype=x.dtype), x.shape)
+        except RuntimeError as err:
+            raise UserError(
+                f"a baseline tensor of shape {tuple(spec.shape)} does not broadcast to x {tuple(x.shape)}"
+            ) from err
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return torch.full_like(x, float(spec))
+    if spec == "zeros":
         return torch.zeros_like(x)
-    if kind == "min":
-        lowest = x.amin(dim=tuple(range(2, x.ndim)), keepdim=True)
-        return lowest.expand_as(x).clone()
-    if kind == "blur":
+    if spec == "min":
+        return x.amin(dim=dims, keepdim=True).expand_as(x).clone()
+    if spec == "mean":
+        return x.mean(dim=dims, keepdim=True).expand_as(x).clone()
+    if spec == "blur":
+        return light_blur(x, default_blur_sigma(tuple(x.shape[2:])) if blur_sigma is None else blur_sigma)
+    if spec == "groupcam-blur":
         return blur_baseline(x)
-    raise UserError(f"baseline={kind!r} is not known; use one of {BASELINES}")
+    raise UserError(f"baseline={spec!r} is not known; use one of {BASELINES}, a number or a tensor")
 
 
 def interpolation_matrix(n_in: int, n_out: int, *, align_corners: bool, device: torch.device | None = None) -> Tensor:

@@ -18,6 +18,10 @@ class), its probability the sum of the region's probabilities.
 A target is a specification; :meth:`bind` resolves it against one model output
 into a :class:`BoundTarget` whose class indices and pixel set are fixed, so that
 region methods score perturbed inputs on the same ``M``.
+
+Why one module of this size: targets and the pixel sets they bind share one grammar
+(:func:`parse_pixel_set`) and one view of the output (:class:`ClassMaps`); split, each half
+would import the other.
 """
 
 from __future__ import annotations

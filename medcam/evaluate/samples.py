@@ -58,7 +58,7 @@ def check_model_fits(meta: CheckpointMeta, dataset: Dataset) -> None:
 
 def target_factory(meta: CheckpointMeta, class_name: str, pixels: str) -> TargetFactory:
     """How each sample's target is made from ``target.class`` and ``target.pixels``."""
-    from medcam.pipeline import resolve_class
+    from medcam.models.classes import resolve_class
 
     activation: Activation = "sigmoid" if meta.activation == "sigmoid" else "softmax"
     key = class_name.strip().lower()

@@ -177,10 +177,19 @@ def energy_inside(maps: Tensor, truth: Tensor) -> Tensor:
     return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.zeros_like(total)).cpu()
 
 
+def mask_dice(predicted: Tensor, truth: Tensor) -> Tensor:
+    """Dice of two boolean masks ``(N, ...)``, per sample: the one Dice of medcam.
+
+    NaN when both masks are empty (nothing to find, nothing found: left out of
+    averages), 0 when only one is.
+    """
+    predicted, truth = predicted.bool().flatten(1), truth.bool().flatten(1)
+    inter = (predicted & truth).sum(dim=1).double()
+    sizes = predicted.sum(dim=1).double() + truth.sum(dim=1).double()
+    return (2 * inter / sizes).cpu()
+
+
 def dice(maps: Tensor, truth: Tensor, threshold: float = 0.1) -> Tensor:
     """Dice of ``map > threshold * max`` with the object mask, per sample."""
     truth = _ground_truth(maps, truth, "mask")
-    predicted = threshold_map(maps, threshold)
-    inter = (predicted & truth).flatten(1).sum(dim=1).double()
-    sizes = predicted.flatten(1).sum(dim=1).double() + truth.flatten(1).sum(dim=1).double()
-    return (2 * inter / sizes).cpu()
+    return mask_dice(threshold_map(maps, threshold), truth)

@@ -1,4 +1,4 @@
-"""Stability of a map across augmented views (the RobustCAM metrics, METHODS.md).
+"""Stability of a map across augmented views (the RobustCAM metrics, docs/robustcam.md).
 
 ``views`` are the maps of V views of the same N inputs, already warped back to the
 original frame: ``(V, N, *spatial)``. ``valid`` (same shape, optional) marks the
@@ -15,14 +15,13 @@ The fused map defaults to the per-pixel mean over valid views.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from medcam.core.agreement import mean_variance, view_agreement
 from medcam.errors import UserError
-from medcam.metrics.similarity import pearson_rows, ranks_and_top
 
 
 @dataclass(frozen=True)
@@ -89,43 +88,4 @@ def stability(
     )
 
 
-def mean_variance(std: Tensor, count: Tensor) -> Tensor:
-    """Mean over pixels seen by at least one view of the variance ``std ** 2``, ``(N,)``.
-
-    For fused results that already carry the per-pixel standard deviation and the
-    number of valid views (RobustCAM's ``uncertainty`` and ``valid_views``).
-    """
-    seen = count > 0
-    variance = std.double().pow(2) * seen
-    return (variance.flatten(1).sum(dim=1) / seen.flatten(1).sum(dim=1).clamp_min(1)).cpu()
-
-
-def view_agreement(
-    views: Tensor, reference: Tensor, valid: Tensor | None = None, fraction: float = 0.1
-) -> tuple[Tensor, Tensor]:
-    """Top-``fraction`` IoU and Spearman rho of each view ``(V, *spatial)`` with one ``reference``.
-
-    Each view is compared over its own valid pixels. The reference is ranked once for
-    all fully valid views (the common case: one sort of a 3D volume instead of V).
-    Returns two ``(V,)`` float64 tensors; a view without valid pixels gets NaN and 0.
-    """
-    flat = views.detach().flatten(1)
-    ref = reference.detach().to(flat.device).flatten().unsqueeze(0)
-    mask = torch.ones_like(flat, dtype=torch.bool) if valid is None else valid.to(flat.device).bool().flatten(1)
-    ious = torch.full((flat.shape[0],), math.nan, dtype=torch.float64)
-    rhos = torch.zeros(flat.shape[0], dtype=torch.float64)
-
-    def compare(rows: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        # one sort per map gives both its ranks and its top-k set
-        ranks, top = ranks_and_top(rows, fraction)
-        target_ranks, target_top = ranks_and_top(target, fraction)
-        iou = (top & target_top).sum(1).double() / (top | target_top).sum(1).double()
-        return iou.cpu(), pearson_rows(ranks, target_ranks.expand_as(ranks)).cpu()
-
-    whole = mask.all(dim=1)
-    if bool(whole.any()):
-        ious[whole.cpu()], rhos[whole.cpu()] = compare(flat[whole], ref)
-    for v in torch.nonzero(~whole & mask.any(dim=1)).flatten().tolist():
-        seen = mask[v]
-        ious[v : v + 1], rhos[v : v + 1] = compare(flat[v][seen].unsqueeze(0), ref[0][seen].unsqueeze(0))
-    return ious, rhos
+__all__ = ["Stability", "fuse_mean", "mean_variance", "per_pixel_variance", "stability", "view_agreement"]

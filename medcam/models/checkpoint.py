@@ -103,7 +103,7 @@ class ModelBundle:
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model``'s weights and ``meta`` atomically (temporary file, then rename)."""
-    from medcam import __version__
+    from medcam.version import __version__
 
     path = Path(path)
     if not meta.medcam_version:

@@ -157,7 +157,7 @@ def _content_label(name: str) -> str:
 
 
 def _version() -> str:
-    from medcam import __version__
+    from medcam.version import __version__
 
     return str(__version__)
 

@@ -28,13 +28,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medcam.data.base import Dataset
 from medcam.data.transforms import LoadRecordd, preprocessing_transforms
+from medcam.metrics.dice import label_dice, nanmean, region_dice
 from medcam.models.checkpoint import CheckpointMeta
 from medcam.models.factory import build_model, default_cam_layers
 from medcam.train.config import ConfigError, ExperimentConfig
 from medcam.train.distributed import Context
-from medcam.train.evaluate import labels_from_logits
 from medcam.train.losses import DiceCrossEntropyLoss
-from medcam.train.metrics import label_dice, nanmean, region_dice
+from medcam.train.validation import labels_from_logits
 
 
 class Task(ABC):
@@ -212,7 +212,7 @@ class SegmentationTask(Task):
 
     def predict(self, model: nn.Module, image: Tensor) -> Tensor:
         """Logits of one preprocessed image (1, C, *spatial), by sliding window when patches are used."""
-        from medcam.inference import SlidingWindow, predict
+        from medcam.core.windows import SlidingWindow, predict
 
         t = self.config.training
         if t.patch_size is None:

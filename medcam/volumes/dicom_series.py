@@ -14,6 +14,7 @@ their functional groups.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume, VolumeError, quiet_itk
+
+logger = logging.getLogger(__name__)
 
 # tolerance of positions and cosines, as a fraction of the slice spacing (DICOM stores
 # decimal strings of 16 characters, and scanners jitter by a few micrometres)
@@ -145,6 +148,26 @@ def read_source_series(volume: Volume) -> SourceSeries:
 
 # (image position, image orientation, pixel spacing, dataset, frame number or None) of one frame
 _Frame = tuple[Sequence[float], Sequence[float], Sequence[float], Any, int | None]
+
+
+def check_dicom_source(volume: Volume, dicom_out: bool | None) -> bool | None:
+    """Check a DICOM series before any work, as DICOM out needs it; return the ``dicom_out`` to use.
+
+    A series with missing or unequally spaced slices is refused (its geometry as read is
+    wrong); one that DICOM objects cannot reference (e.g. no frame of reference) is refused
+    when ``dicom_out`` is ``True`` and gets no DICOM objects (``False``, with a warning)
+    when it is ``None`` (automatic). Other inputs and ``dicom_out=False``: unchanged.
+    """
+    if volume.format != "dicom" or dicom_out is False:
+        return dicom_out
+    try:
+        read_source_series(volume)
+    except SeriesReferenceError as err:
+        if dicom_out:
+            raise
+        logger.warning("%s; writing no dicom/ folder", err)
+        return False
+    return dicom_out
 
 
 def _frames(ds: Any) -> list[_Frame]:

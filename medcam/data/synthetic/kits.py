@@ -16,6 +16,9 @@ aorta and IVC, liver (~105 HU), spleen (~110 HU), and two contrast-enhanced kidn
 sometimes necrotic inside, often bulging out of the kidney) and usually cysts (0-20 HU).
 Voxel sampling, a light partial-volume blur and Gaussian noise make it CT-like.
 Everything is drawn from ``numpy.random.default_rng(seed)``: same seed, same bytes.
+
+Why one module of this size: one phantom's anatomy (organs, vessels, lesions, noise),
+which reads best in one place.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RobustCAM: a base method's maps fused over augmentation views, with per-voxel uncertainty.
 
-For each view (see :mod:`medcam.methods.views`) the base method explains the same
+For each view (see :mod:`medcam.methods.robust.views`) the base method explains the same
 target on the transformed input; each view's map, post-processed like any map of the
 base method (so views are comparable), goes back to the original frame through the
 view's exact inverse together with a validity mask. Over the valid views of each
@@ -16,9 +16,13 @@ run first, in the pass that binds the target. The other (sample, view) rows run
 batched, several sharing one forward and one backward pass; in eval mode the gradient
 of the summed score is each row's own gradient, so batching changes nothing but speed.
 
-The RobustCAM project README (shared/papers/003) defines the method in 2D with
+The RobustCAM project (its README; docs/robustcam.md) defines the method in 2D with
 Grad-CAM; the 3D views, the validity mask and the segmentation target are ours
-(METHODS.md, "RobustCAM").
+(docs/robustcam.md).
+
+Why one module of this size: it is one method (views -> base -> warp back -> fuse) with
+its statistics; the views (:mod:`.views`) and the sliding-window protocol (:mod:`.windows`)
+live apart.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from medcam.core.agreement import mean_variance, view_agreement
 from medcam.core.ops import Normalization, normalize
 from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target, TargetError
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
-from medcam.methods.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
-from medcam.metrics.stability import mean_variance, view_agreement
+from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing, WindowContext, WindowStitcher
+from medcam.methods.components import create_component
+from medcam.methods.robust.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
+from medcam.methods.robust.windows import RobustStitcher
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +114,7 @@ class ViewTarget(Protocol):
 
     RobustCAM moves the pixel set M of an ordinary target itself. A target with more
     spatial structure, such as the sliding-window target whose per-pixel weights must
-    move with the image (:mod:`medcam.robust_windows`), implements ``in_views``: the
+    move with the image (:mod:`medcam.methods.robust.windows`), implements ``in_views``: the
     target of a batch of rows, row ``r`` being sample ``rows[r][0]`` seen through view
     ``rows[r][1]``.
     """
@@ -151,7 +157,7 @@ class RobustCAM(CAMMethod):
     * ``views``: ``"default"`` (2D: identity, horizontal flip, rotation +15 deg,
       intensity jitter, blur, greyscale for colour input; 3D: identity, left-right
       flip, in-plane rotation +/-10 deg filled with the volume's minimum, intensity
-      scale/shift, blur, gamma) or a list of :class:`~medcam.methods.views.View`
+      scale/shift, blur, gamma) or a list of :class:`~medcam.methods.robust.views.View`
       objects and/or view strings (``"rotate:15"``, ``"flip:0"``, ``"blur:1"``...).
       ``seed`` seeds the photometric views that do not name their own.
     * ``orientation``: axis codes of the input's spatial axes (``"RAS"``, KiTS's
@@ -275,14 +281,16 @@ class RobustCAM(CAMMethod):
             view.check(x)
         return views
 
+    def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
+        """The views run inside each window; fused maps, uncertainties and counts stitch (docs/robustcam.md)."""
+        return RobustStitcher(self, context)
+
     def resolve_base(self, target: BoundTarget) -> CAMMethod:
         """The base method; ``"auto"``: HiResCAM for segmentation targets, Grad-CAM otherwise."""
-        from medcam.methods.registry import create_method  # the registry imports this module
-
         name = self.base
         if isinstance(name, str) and name.lower() == "auto":
             name = "hirescam" if target.is_segmentation else "gradcam"
-        return create_method(name, **self.base_options) if isinstance(name, str) else name
+        return create_component(name, **self.base_options) if isinstance(name, str) else name
 
     def _identity_pass(
         self,
@@ -303,9 +311,7 @@ class RobustCAM(CAMMethod):
             if not isinstance(base, GradientMethod):  # pragma: no cover - auto picks gradient methods
                 raise TypeError(f"auto base {base.name} is not a gradient method")
             return base, capture.target, capture.output, base.maps(capture, tuple(x.shape[2:]), post)
-        from medcam.methods.registry import create_method
-
-        base = self.base if isinstance(self.base, CAMMethod) else create_method(self.base, **self.base_options)
+        base = self.base if isinstance(self.base, CAMMethod) else create_component(self.base, **self.base_options)
         result = base.run(probe, x, target, layers, post)
         return base, result.target, result.output, result.maps
 

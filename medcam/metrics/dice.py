@@ -1,4 +1,4 @@
-"""Dice per class and per region on hard predictions, the way KiTS-style evaluation reports them."""
+"""Dice per class and per region on hard label maps, the way KiTS-style evaluation reports them (training, the demo)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medcam.metrics.localisation import mask_dice
+
 
 def dice(pred: Tensor, truth: Tensor) -> float:
-    """Dice of two boolean masks; NaN when the truth is empty and so is the prediction
-    (nothing to find, nothing found: left out of averages), 0 when only the truth is empty."""
-    p, t = pred.bool(), truth.bool()
-    total = int(p.sum()) + int(t.sum())
-    if total == 0:
-        return math.nan
-    return 2.0 * int((p & t).sum()) / total
+    """Dice of two boolean masks of one case (:func:`~medcam.metrics.localisation.mask_dice`); NaN if both empty."""
+    return float(mask_dice(pred.reshape(1, -1), truth.reshape(1, -1))[0])
 
 
 def label_dice(

@@ -23,6 +23,9 @@ counter-clockwise on screen for a positive angle (torchvision's convention). In 
 volume reoriented to RAS, axis 0 is left-right and the plane (0, 1) is axial; a
 KiTS23 volume as stored (orientation I, P, L) has left-right axis 2 and axial plane
 (1, 2). :func:`anatomical_axes` derives both from orientation codes.
+
+Why one module of this size: a catalogue of small view classes, each with its exact
+inverse and validity mask, and the one parser of view strings.
 """
 
 from __future__ import annotations

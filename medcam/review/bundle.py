@@ -3,7 +3,7 @@
 Layout (``--out DIR``): ``heatmap.nii.gz`` (the primary layer), ``<extra>.nii.gz`` for
 each extra map a method returns (uncertainty, agreement, ...), ``levels/<layer>.nii.gz``
 and ``levels/<layer>_<extra>.nii.gz`` and ``montage.png`` (rows = levels, columns = slices
-through M; :mod:`medcam.volumes.montage`) when several layers were explained,
+through M; :mod:`medcam.review.montage`) when several layers were explained,
 ``prediction.nii.gz`` and ``prediction.seg.nrrd`` (segmentation models),
 ``heatmap.png`` (2D inputs), ``preview.png``, ``preview_uncertainty.png`` (when the method
 returns an ``uncertainty``: map and uncertainty side by side), ``summary.json``, and the Slicer package:
@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from medcam.volumes.folders import atomic_folder, check_output
-from medcam.volumes.geometry import ItkGeometry
-from medcam.volumes.io import Volume
-from medcam.volumes.montage import Montage, write_level_montage
-from medcam.volumes.preview import (
+from medcam.models.levels import level_order
+from medcam.review.folders import atomic_folder, check_output
+from medcam.review.montage import Montage, level_note, render_montage
+from medcam.review.preview import (
     DEFAULT_THRESHOLD,
     UNCERTAINTY_COLORMAP,
     render_preview,
@@ -36,7 +35,7 @@ from medcam.volumes.preview import (
     uncertainty_display,
     write_map_png,
 )
-from medcam.volumes.slicer import (
+from medcam.review.slicer import (
     Overlay,
     ReviewScene,
     Segment,
@@ -46,7 +45,9 @@ from medcam.volumes.slicer import (
     scene_xml,
     write_bundle,
 )
-from medcam.volumes.writers import write_nifti_like, write_nrrd, write_segmentation
+from medcam.review.writers import write_nifti_like, write_nrrd, write_segmentation
+from medcam.volumes.geometry import ItkGeometry
+from medcam.volumes.io import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -326,3 +327,25 @@ def _palette(value: int) -> tuple[float, float, float]:
 
     r, g, b, _ = matplotlib.colormaps["tab10"]((value - 1) % 10)
     return (round(r, 4), round(g, 4), round(b, 4))
+
+
+def write_level_montage(path: Path, explanation: VolumeExplanation) -> Path:
+    """The montage of a review folder: its maps in data-flow order, with their localisation numbers."""
+    volume = explanation.volume
+    order = level_order(list(explanation.maps))
+    levels = explanation.summary.get("levels") or {}
+    notes = {name: level_note(values) for name, values in (levels.get("scores") or {}).items()}
+    summary = explanation.summary
+    title = f"{summary['method']['name']} | class {summary['class']['name']} | M = {summary['pixel_set']['definition']}"
+    return render_montage(
+        path,
+        volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0),
+        {name: explanation.maps[name] for name in order},
+        volume.affine,
+        region=explanation.pixels,
+        reference=explanation.reference,
+        style=explanation.montage,
+        notes=notes,
+        title=title,
+        window=explanation.image_window,
+    )

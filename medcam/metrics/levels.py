@@ -1,4 +1,6 @@
-"""Which level (layer) to explain: per-level localisation and a recommendation.
+"""Which level (layer) to explain: per-level localisation and a recommendation (pure scoring).
+
+Files and folders (``medcam levels``) are the pipeline's: :mod:`medcam.pipeline.recommend`.
 
 Ban (2025) finds that an intermediate layer localises best and leaves automated layer
 selection as future work; Rheude et al. (2024, Appendix Fig. 8) show that what a
@@ -9,7 +11,7 @@ localisation metrics of :mod:`medcam.metrics.localisation`:
 * ``energy_in_region``: share of the map's mass inside the explained pixel set M
   (needs no reference: how much of the explanation stays on what was explained);
 * ``pointing_game``: 1 when the map's maximum lies inside the reference;
-* ``dice``: Dice of ``map > threshold * max`` (default 0.1, METHODS.md) with the reference;
+* ``dice``: Dice of ``map > threshold * max`` (default 0.1, docs/metrics.md) with the reference;
 * ``energy_in_reference``: share of the map's mass inside the reference;
 * ``box_iou``: IoU of the box of the largest region above the threshold with the
   reference's box (Ban's metric).
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -39,7 +40,6 @@ from medcam.models.levels import level_order
 if TYPE_CHECKING:
     from medcam.api import LayerSpec
     from medcam.core.targets import BoundTarget, Target
-    from medcam.volumes.review import VolumeExplanation
 
 RankBy = Literal["dice", "pointing_game", "energy_in_reference", "box_iou"]
 RANK_ORDER: tuple[str, ...] = ("dice", "pointing_game", "energy_in_reference", "box_iou")
@@ -129,7 +129,7 @@ def score_levels(
 
     ``maps`` are ``(N, *spatial)`` (``batched=True``, what :func:`medcam.explain`
     returns) or one ``(*spatial)`` array each (``batched=False``, e.g. the maps of a
-    :class:`~medcam.volumes.review.VolumeExplanation`); masks have the spatial shape
+    :class:`~medcam.review.bundle.VolumeExplanation`); masks have the spatial shape
     (shared by all samples) or the maps' full shape. Per-sample values are averaged.
     """
     if not maps:
@@ -156,7 +156,7 @@ def score_levels(
     return scores
 
 
-def _check_rule(by: str, threshold: float) -> None:
+def check_rule(by: str, threshold: float) -> None:
     if by not in RANK_ORDER:
         raise UserError(f"cannot rank by {by!r}; use one of {', '.join(RANK_ORDER)}")
     if not 0.0 <= threshold < 1.0:
@@ -167,7 +167,7 @@ def rank_levels(
     scores: Sequence[LevelScore], *, by: RankBy = "dice", threshold: float = DEFAULT_THRESHOLD
 ) -> LevelRanking:
     """Order scored levels best first (see the module docstring for the rule)."""
-    _check_rule(by, threshold)
+    check_rule(by, threshold)
     if not scores:
         raise UserError("no levels to rank")
     missing = [s.name for s in scores if s.dice is None]
@@ -196,10 +196,10 @@ def level_summary(
     by: RankBy = "dice",
 ) -> dict[str, Any]:
     """The ``levels`` section of ``summary.json`` for maps on one grid (``(*spatial)`` arrays)."""
-    return _summarise(maps, paths, region, reference, reference_definition, threshold, by)[0]
+    return summarise_levels(maps, paths, region, reference, reference_definition, threshold, by)[0]
 
 
-def _summarise(
+def summarise_levels(
     maps: Mapping[str, MapLike],
     paths: Mapping[str, str],
     region: MapLike | None,
@@ -243,63 +243,10 @@ def recommend_level(
     """
     from medcam.api import explain
 
-    _check_rule(by, threshold)
+    check_rule(by, threshold)
     exp = explain(model, x, method, target, layers, **explain_options)
     region = exp.target.mask
     if region is not None and tuple(region.shape[1:]) != tuple(x.shape[2:]):
         region = None  # M lives on the output grid; only comparable when it matches the input grid
     scores = score_levels(exp.maps, region=region, reference=reference, threshold=threshold, paths=exp.layers)
     return rank_levels(scores, by=by, threshold=threshold)
-
-
-@dataclass(frozen=True)
-class CaseRecommendation:
-    """The ranking for one image file, the explanation it came from and the folder written (if any)."""
-
-    ranking: LevelRanking
-    explanation: VolumeExplanation
-    out: Path | None
-
-
-def recommend_case(
-    volume: str | Path | Any,
-    reference: str | Path,
-    *,
-    class_name: str,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    layer: str | Sequence[str] = "levels",
-    method: str = "hirescam",
-    by: RankBy = "dice",
-    threshold: float = DEFAULT_THRESHOLD,
-    **options: Any,
-) -> CaseRecommendation:
-    """``medcam levels``: explain the levels of a checkpoint on an image file and rank them.
-
-    ``reference`` is a mask file ``FILE[:LABEL]`` on the image's voxel grid (checked).
-    With ``out`` the review folder is written (level NIfTIs, montage, ``summary.json``
-    with the scores and the ranking). ``options`` go to
-    :func:`medcam.pipeline.explain_volume` (``model``, ``pixels``, ``device``, ...).
-    """
-    from dataclasses import replace
-
-    from medcam.pipeline import explain_volume
-    from medcam.volumes.folders import check_output
-
-    _check_rule(by, threshold)  # before the model runs
-    if out is not None:
-        check_output(out, overwrite=overwrite)
-    exp = explain_volume(volume, class_name=class_name, layer=layer, method=method, reference=reference, **options)
-    section, ranking = _summarise(
-        exp.maps,
-        exp.summary["layers"]["explained"],
-        exp.pixels,
-        exp.reference,
-        exp.summary["levels"]["reference"]["definition"],
-        threshold,
-        by,
-    )
-    assert ranking is not None  # a reference was given
-    exp = replace(exp, summary={**exp.summary, "levels": section})
-    written = exp.save(out, overwrite=overwrite) if out is not None else None
-    return CaseRecommendation(ranking, exp, written)

@@ -17,15 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from medcam.errors import UserError
-from medcam.volumes.preview import HEATMAP_COLORMAP, _canonical, _window
-
-if TYPE_CHECKING:
-    from medcam.volumes.review import VolumeExplanation
+from medcam.review.preview import HEATMAP_COLORMAP, _canonical, _window
 
 Scale = Literal["shared", "per-level"]
 SCALES: tuple[str, ...] = ("shared", "per-level")
@@ -219,31 +216,7 @@ def _slice_label(affine: np.ndarray, size: int, z: int) -> str:
     return f"axial, {'ijk'[axis]} = {index}"
 
 
-def write_level_montage(path: str | Path, explanation: VolumeExplanation) -> Path:
-    """The montage of a review folder: its maps in data-flow order, with their localisation numbers."""
-    from medcam.models.levels import level_order
-
-    volume = explanation.volume
-    order = level_order(list(explanation.maps))
-    levels = explanation.summary.get("levels") or {}
-    notes = {name: _note(values) for name, values in (levels.get("scores") or {}).items()}
-    summary = explanation.summary
-    title = f"{summary['method']['name']} | class {summary['class']['name']} | M = {summary['pixel_set']['definition']}"
-    return render_montage(
-        path,
-        volume.array[0] if volume.channels == 1 else volume.array.mean(axis=0),
-        {name: explanation.maps[name] for name in order},
-        volume.affine,
-        region=explanation.pixels,
-        reference=explanation.reference,
-        style=explanation.montage,
-        notes=notes,
-        title=title,
-        window=explanation.image_window,
-    )
-
-
-def _note(values: Mapping[str, float | None]) -> str:
+def level_note(values: Mapping[str, float | None]) -> str:
     parts = []
     for key, short in (("energy_in_region", "E(M)"), ("dice", "Dice"), ("pointing_game", "PG")):
         value = values.get(key)

@@ -2,7 +2,7 @@
 
 Prediction is the explain pipeline's own: the checkpoint's preprocessing
 (:func:`medcam.volumes.preprocessing.prepare_array`, i.e. the MONAI transforms of
-training), MONAI's sliding-window inference (:func:`medcam.inference.predict`), and the
+training), MONAI's sliding-window inference (:func:`medcam.core.windows.predict`), and the
 label map returned to the original grid through the inverse of the spatial transforms
 (nearest neighbour), so Dice is computed against the untouched labels.
 """
@@ -17,25 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcam.core.ops import class_argmax
 from medcam.data.base import regions_class_order
+from medcam.metrics.dice import label_dice, nanmean, region_dice
+from medcam.models import classes
 from medcam.models.checkpoint import ModelBundle
-from medcam.train.metrics import label_dice, nanmean, region_dice
 
 
 def labels_from_logits(logits: torch.Tensor, activation: str, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
-    """Hard label map ``(N, 1, *spatial)``: argmax, or for sigmoid region heads nnU-Net's ordering.
+    """Hard label map ``(N, 1, *spatial)`` with the dataset's label values.
 
-    Region heads paint their regions from the broadest to the narrowest, each with the
-    label value it adds (``regions_class_order``), so the map has the dataset's labels.
+    :func:`medcam.models.classes.labels_from_logits` (the one rule: argmax, or for sigmoid
+    region heads nnU-Net's ordering) with the regions painted with the label value each
+    adds (``regions_class_order``).
     """
-    if activation == "softmax":
-        return class_argmax(logits)[:, None]
-    on = torch.sigmoid(logits) > 0.5
-    labels = torch.zeros_like(on[:, :1], dtype=torch.long)
-    for channel, value in enumerate(regions_class_order(regions)):
-        labels[on[:, channel : channel + 1]] = value
-    return labels
+    order = regions_class_order(regions) if activation == "sigmoid" else None
+    return classes.labels_from_logits(logits, activation, order)[:, None]
 
 
 @torch.no_grad()
@@ -51,7 +47,7 @@ def segment(
 
     ``roi_size`` defaults to the checkpoint's patch size (whole image when it has none).
     """
-    from medcam.inference import SlidingWindow, predict
+    from medcam.core.windows import SlidingWindow, predict
     from medcam.volumes.preprocessing import prepare_array
 
     meta = bundle.meta
