@@ -223,9 +223,9 @@ class VolumeExplanation:
             {s.value: s.color for s in segments},
             description,
         )
-        return [p.relative_to(folder).as_posix() for p in paths if p.parent.name != "image"] + (
-            ["dicom/image/"] if any(p.parent.name == "image" for p in paths) else []
-        )
+        files = [p.relative_to(folder).as_posix() for p in paths]
+        objects = [f for f in files if not f.startswith("dicom/image/")]
+        return objects + (["dicom/image/"] if len(objects) < len(files) else [])  # a non-DICOM input's series
 
     @property
     def _normalized(self) -> bool:
