@@ -44,7 +44,7 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The medcam modules ``name`` imports anywhere in its body."""
     out = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -128,7 +128,7 @@ def test_every_layer_is_known() -> None:
 def test_long_modules_say_why() -> None:
     silent = []
     for name, path in modules().items():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         if text.count("\n") > LONG and "Why one module of this size" not in text.split('"""')[1]:
             silent.append(name)
     assert silent == []

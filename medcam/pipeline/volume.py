@@ -42,6 +42,7 @@ from medcam.review import summary as record
 from medcam.review.bundle import VolumeExplanation
 from medcam.review.folders import check_output
 from medcam.review.montage import Montage
+from medcam.volumes.dicom_series import check_dicom_source
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, load_volume
 from medcam.volumes.nnunet_grid import NNUNetInput, prepare_nnunet
@@ -88,7 +89,7 @@ def explain_volume(
 
     ``options`` (or the same names as keywords: ``method``, ``pixels``, ``layer``,
     ``device``, ``overlap``, ``blend``, ``window_batch``, ``relu``, ``normalize``,
-    ``seed``, ``progress``, ``method_options``, ``reference``, ``montage``) say how.
+    ``seed``, ``progress``, ``method_options``, ``reference``, ``montage``, ``dicom_out``) say how.
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
     With several layers (``layer="levels"``) or a ``reference`` mask (``FILE[:LABEL]`` on
     the image's grid), ``summary["levels"]`` holds each layer's localisation numbers
@@ -118,6 +119,7 @@ def _explain(
 ) -> tuple[VolumeExplanation, LevelRanking | None]:
     clock = _Clock()
     vol = volume if isinstance(volume, Volume) else load_volume(volume)
+    dicom_out = check_dicom_source(vol, options.dicom_out)  # DICOM objects must lie on the source frames
     truth, truth_definition = load_reference(options.reference, vol) if options.reference is not None else (None, None)
     clock.lap("load_volume")
     loaded = load_model(model, device)
@@ -214,6 +216,7 @@ def _explain(
         image_window=image_window,
         reference=truth,
         montage=options.montage or Montage(),
+        dicom_out=dicom_out,
     )
     return explanation, ranking
 

@@ -307,11 +307,13 @@ def _read_dicom(folder: Path) -> Volume:
             f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); "
             "point --volume at a folder with exactly one series"
         )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(files)
     try:
         with quiet_itk():
-            image = reader.Execute()
+            # one file is an enhanced (multi-frame) image: GDCM stacks its frames itself
+            image = sitk.ReadImage(files[0]) if len(files) == 1 else reader.Execute()
     except RuntimeError as err:
         raise VolumeError(f"cannot read the DICOM series in {folder} ({str(err).strip()[-200:]})") from err
     return _from_itk_image(image, folder, "dicom")
