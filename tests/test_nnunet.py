@@ -169,3 +169,25 @@ def test_missing_pieces_are_one_line_errors(tmp_path: Path, results: Path) -> No
         load_nnunet(folder)
     with pytest.raises(NNUNetError, match=r"does not exist"):
         load_nnunet(tmp_path / "nowhere")
+
+
+def test_checkpoint_pickled_under_numpy_1_names(tmp_path: Path) -> None:
+    """numpy 1.x pickles scalars as numpy.core.multiarray.scalar: allowed under that name too."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    torch.save({"network_weights": {"w": torch.ones(2)}, "logging": {"dice": [np.float64(0.5)]}}, buffer)
+    old = tmp_path / "checkpoint_final.pth"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(old, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("data.pkl"):
+                assert b"cnumpy._core.multiarray\nscalar\n" in data
+                data = data.replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n")
+            target.writestr(name, data)
+    with pytest.raises(Exception, match=r"numpy\.core\.multiarray\.scalar"):
+        torch.load(old, weights_only=True)
+    torch.testing.assert_close(read_nnunet_checkpoint(old).weights["w"], torch.ones(2))
