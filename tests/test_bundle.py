@@ -131,6 +131,12 @@ def test_explain_a_bundle_writes_maps_on_the_input_grid(tmp_path: Path, bundle: 
     heatmap, source = nib.load(out / "heatmap.nii.gz"), nib.load(ct)
     assert heatmap.shape == source.shape
     np.testing.assert_allclose(heatmap.affine, source.affine, atol=1e-5)
+    import SimpleITK as sitk  # noqa: N813
+
+    a, b = sitk.ReadImage(str(ct)), sitk.ReadImage(str(out / "heatmap.nii.gz"))
+    assert a.GetSize() == b.GetSize()
+    for get in ("GetOrigin", "GetSpacing", "GetDirection"):
+        np.testing.assert_allclose(getattr(a, get)(), getattr(b, get)(), atol=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["architecture"] == "monai-bundle:UNet" and summary["model"]["sha256"]
 
