@@ -149,6 +149,8 @@ def test_info_lists_classes_folds_configuration_levels(model: Path, capsys: pyte
     text = capsys.readouterr().out
     assert "classes (--class NAME): background (0), kidney (1), tumor (2)" in text
     assert "nnU-Net: configuration 3d_fullres, folds 1 (checkpoint_final.pth)" in text
+    assert "test-time mirroring: axes [0, 1, 2]" in text
+    assert "bottleneck     8 ch  4 x 4 x 4    (1/4, 8 x 4 x 6 mm)" in text  # spacing (2, 1, 1.5) x 4
     assert "bottleneck     8 ch  4 x 4 x 4" in text and "encoder.stages.2" in text
 
 

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
             f"nnU-Net: configuration {origin['configuration']}, folds {', '.join(origin['folds'])} "
             f"(checkpoint_{origin['checkpoint']}.pth), trainer {origin['trainer']}, plans {origin['plans']}"
         )
+        axes = origin.get("mirror_axes")
+        print(f"test-time mirroring: axes {axes} (--disable-tta turns it off)" if axes else "test-time mirroring: off")
         print("preprocessing: nnU-Net's own (the plans' reader, transpose, crop, normalisation, resampling)")
     pre = meta.preprocessing
     steps = []

@@ -390,6 +390,7 @@ def load_nnunet(
             "configuration": config_name,
             "folds": list(chosen),
             "checkpoint": checkpoint,
+            "mirror_axes": list(first.mirror_axes) if mirroring and first.mirror_axes else [],
         },
     )
     source = NNUNetSource(

@@ -12,6 +12,7 @@ from medcam.core.hooks import LayerCapture, evaluation_mode
 from medcam.errors import UserError
 from medcam.models.levels import LevelError, discover_levels
 from medcam.models.loading import ModelSource, load_model
+from medcam.models.nnunet import NNUNetBundle
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def inspect_model(model: ModelSource, *, all_layers: bool = False) -> dict[str, 
             net(x)
         shapes = {p: tuple(t.shape) for p, t in capture.activations.items()}
     spacing = meta.preprocessing.spacing
+    if isinstance(loaded.bundle, NNUNetBundle) and loaded.bundle.source is not None:
+        spacing = tuple(float(v) for v in loaded.bundle.source.configuration_manager().spacing)  # model grid axes
     infos = []
     for name, path in named:
         shape = shapes.get(path)
