@@ -234,3 +234,16 @@ def test_levels_command_on_an_nnunet_folder(tmp_path: Path, model: Path, case: P
     )
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert set(summary["layers"]["explained"]) == {"enc0", "enc1", "bottleneck", "dec0", "final"}
+
+
+def test_reader_axis_order_is_checked(model: Path, case: Path) -> None:
+    """nnU-Net's reader array must be medcam's with the axes reversed; otherwise nothing is mapped back."""
+    from dataclasses import replace
+
+    from medcam.errors import UserError
+
+    volume = load_volume(case)
+    source = load_nnunet(model, folds="0", mirroring=False).source
+    swapped = replace(volume, array=np.ascontiguousarray(volume.array[:, ::-1]))  # same shape, other order
+    with pytest.raises(UserError, match=r"read case_0000\.nii\.gz in different axis orders"):
+        prepare_nnunet(swapped, source)
