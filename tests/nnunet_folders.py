@@ -31,15 +31,16 @@ def plans(
 ) -> dict[str, Any]:
     """plans.json of a 3-stage 3D U-Net (features 2, 4, 8)."""
     backward = [int(i) for i in np.argsort(transpose)]
+    dims = len(patch)  # 2: a "2d" configuration of 3D data
     kwargs: dict[str, Any] = {
         "n_stages": 3,
         "features_per_stage": [2, 4, 8],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+        "kernel_sizes": [[3] * dims] * 3,
+        "strides": [[1] * dims, [2] * dims, [2] * dims],
         "n_conv_per_stage_decoder": [1, 1],
         "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
         "norm_op_kwargs": {"eps": 1e-05, "affine": True},
         "dropout_op": None,
         "dropout_op_kwargs": None,
@@ -58,7 +59,7 @@ def plans(
         "batch_size": 2,
         "patch_size": list(patch),
         "median_image_size_in_voxels": [24, 24, 24],
-        "spacing": list(spacing),
+        "spacing": list(spacing[-dims:]),
         "normalization_schemes": [normalization],
         "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -167,7 +168,9 @@ def checkpoint(net: Any, plan: dict[str, Any], data: dict[str, Any], configurati
             "device": torch.device("cpu"),
         },
         "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
+        "inference_allowed_mirroring_axes": tuple(
+            range(len(plan["configurations"][configuration].get("patch_size", [0] * 3)))
+        ),
     }
 
 

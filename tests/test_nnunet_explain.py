@@ -247,3 +247,21 @@ def test_reader_axis_order_is_checked(model: Path, case: Path) -> None:
     swapped = replace(volume, array=np.ascontiguousarray(volume.array[:, ::-1]))  # same shape, other order
     with pytest.raises(UserError, match=r"read case_0000\.nii\.gz in different axis orders"):
         prepare_nnunet(swapped, source)
+
+
+def test_2d_configuration_runs_slice_by_slice(tmp_path: Path, case: Path) -> None:
+    """A "2d" model of 3D data: nnU-Net predicts every slice; medcam runs the same network with depth-1 kernels."""
+    model = write_results(tmp_path / "results", folds=(0,), configuration="2d", patch=(16, 16), spacing=(2.0, 1.5, 1.5))
+    bundle = load_nnunet(model)
+    assert bundle.meta.patch_size == (1, 16, 16) and bundle.source is not None
+    out = tmp_path / "review"
+    args = ["--volume", str(case), "--model", str(model), "--class", "tumor", "--levels"]
+    assert _explain(*args, "--out", str(out)) == 0
+    ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
+    theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,), mirroring=True)
+    assert float((ours == theirs).mean()) >= AGREEMENT and len(np.unique(theirs)) > 1
+    heatmap = nib.load(out / "levels" / "enc1.nii.gz")
+    assert heatmap.shape == nib.load(case).shape
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sliding_window"]["copies_summed"] == 4  # mirroring over the two in-plane axes
+    assert summary["sliding_window"]["roi_size"] == [1, 16, 16]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle
+from medcam.models.nnunet_2d import lift_weights, lifted_network
 from medcam.models.nnunet_checkpoint import NNUNetError, read_nnunet_checkpoint
 from medcam.models.nnunet_ensembles import FoldEnsemble, MirrorEnsemble
 
@@ -358,21 +359,33 @@ def load_nnunet(
     labels = read_labels(dataset, plans_manager, folder)
     in_channels = determine_num_input_channels(plans_manager, config, dataset)
     out_channels = plans_manager.get_label_manager(dataset).num_segmentation_heads
+    flat = len(config.patch_size) == 2  # a 2d configuration: run as depth-1 3D network (nnunet_2d)
+    if flat and trainer not in (None, "nnUNetTrainer") and _trainer_builder(trainer) is not None:
+        raise NNUNetError(
+            f"{folder}: trainer {trainer} builds its own 2D network; medcam explains 2d models of nnUNetTrainer"
+        )
     networks = []
     for index, fold in enumerate(chosen):
         ckpt = first if index == 0 else read_nnunet_checkpoint(folder / f"fold_{fold}" / CHECKPOINTS[checkpoint])
-        network = build_network(plans_manager, config, in_channels, out_channels, trainer)
+        if flat:
+            network = lifted_network(config, in_channels, out_channels, str(folder / "plans.json"))
+            weights = lift_weights(ckpt.weights, network)
+        else:
+            network = build_network(plans_manager, config, in_channels, out_channels, trainer)
+            weights = ckpt.weights
         try:
-            network.load_state_dict(ckpt.weights)
+            network.load_state_dict(weights)
         except RuntimeError as err:
             first_line = str(err).splitlines()[0]
             raise NNUNetError(
                 f"{folder}/fold_{fold}: weights do not fit the network of plans.json ({first_line})"
             ) from err
         axes = first.mirror_axes if mirroring else None
+        if axes and flat:
+            axes = tuple(a + 1 for a in axes)  # the in-plane axes of the depth-1 3D network
         networks.append(MirrorEnsemble(network, axes) if axes else network)
     model: nn.Module = networks[0] if len(networks) == 1 else FoldEnsemble(networks)
-    patch = tuple(int(p) for p in config.patch_size)
+    patch = (1, *(int(p) for p in config.patch_size)) if flat else tuple(int(p) for p in config.patch_size)
     meta = CheckpointMeta(
         architecture=f"nnunet:{config.network_arch_class_name.rsplit('.', 1)[-1]}",
         arguments={},
@@ -391,6 +404,7 @@ def load_nnunet(
             "folds": list(chosen),
             "checkpoint": checkpoint,
             "mirror_axes": list(first.mirror_axes) if mirroring and first.mirror_axes else [],
+            "slice_by_slice": flat,
         },
     )
     source = NNUNetSource(

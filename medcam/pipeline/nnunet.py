@@ -57,7 +57,12 @@ class NNUNetWindow(SlidingWindow):
         for s, r in reversed(list(zip(spatial, roi, strict=True))):
             diff = max(r - s, 0)
             pad += [diff // 2, diff - diff // 2]
-        steps = compute_steps_for_sliding_window(padded, roi, self.step_size)
+        # nnU-Net's 2d models (depth-1 windows here) predict every slice; tiles are placed in-plane
+        steps: list[list[int]] = [list(range(p)) if r == 1 else [] for p, r in zip(padded, roi, strict=True)]
+        plane = [a for a, r in enumerate(roi) if r != 1]
+        placed = compute_steps_for_sliding_window([padded[a] for a in plane], [roi[a] for a in plane], self.step_size)
+        for axis, found in zip(plane, placed, strict=True):
+            steps[axis] = [int(v) for v in found]
         slices = [
             tuple(slice(int(start), int(start) + r) for start, r in zip(corner, roi, strict=True))
             for corner in itertools.product(*steps)
@@ -66,13 +71,13 @@ class NNUNetWindow(SlidingWindow):
             # float16 as nnU-Net computes it: where the gaussian underflows (tile corners) nnU-Net uses the
             # smallest float16 weight, which sets how tiles blend there
             half = compute_gaussian(
-                tuple(roi),
+                tuple(roi[a] for a in plane),
                 sigma_scale=1.0 / 8,
                 value_scaling_factor=10,
                 dtype=torch.float16,
                 device=torch.device("cpu"),
             )
-            importance = half.to(device=device, dtype=torch.float32)
+            importance = half.reshape(roi).to(device=device, dtype=torch.float32)
         else:
             importance = torch.ones(roi, dtype=torch.float32, device=device)
         return WindowLayout(spatial, roi, padded, tuple(pad), slices, importance)

@@ -217,11 +217,6 @@ def prepare_nnunet(volume: Volume, source: Any) -> NNUNetInput:
             f"this nnU-Net model reads images with {reader}; medcam maps nnU-Net's arrays back to the input for "
             f"{', '.join(REVERSING_READERS)} (NIfTI, NRRD, MHA); convert the plans' reader or the images"
         )
-    if len(config.patch_size) != 3:
-        raise UserError(
-            f"configuration {source.configuration!r} is 2D; medcam explains nnU-Net's 3D configurations "
-            "(3d_fullres, 3d_lowres); pass one of those trained-model folders"
-        )
     if volume.spatial_dims != 3:
         raise UserError(f"{volume.path} is {volume.spatial_dims}D; this nnU-Net model takes 3D volumes")
     channels = len(source.dataset.get("channel_names", source.dataset.get("modality", {})))
