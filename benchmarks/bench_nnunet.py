@@ -2,8 +2,8 @@
 
 A synthetic dataset (4 training cases, anisotropic voxels) is fingerprinted and planned
 with nnU-Net's ``extract_fingerprint_dataset`` and ``plan_experiment_dataset``
-(``ExperimentPlanner``, the default ``nnUNetPlans``). The ``3d_fullres`` network of those
-plans gets random weights for two folds, saved in the checkpoint layout
+(``ExperimentPlanner``, the default ``nnUNetPlans``). The ``3d_fullres`` and ``2d``
+networks of those plans get random weights for two folds, saved in the checkpoint layout
 ``nnUNetTrainer`` writes. A test case with another voxel size and an oblique affine is
 then predicted by nnU-Net's ``nnUNetPredictor`` and explained by ``medcam explain``
 (HiResCAM at the bottleneck, both folds, with and without test-time mirroring).
@@ -57,15 +57,15 @@ def write_dataset(raw: Path, shape: tuple[int, int, int]) -> dict:
     return dataset
 
 
-def trained_folder(results: Path, plans: dict, dataset: dict) -> Path:
-    """Two folds of random weights for the 3d_fullres plans, as nnUNetTrainer.save_checkpoint writes them."""
+def trained_folder(results: Path, plans: dict, dataset: dict, configuration: str) -> Path:
+    """Two folds of random weights for a configuration's plans, as nnUNetTrainer.save_checkpoint writes them."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manager = PlansManager(plans)
-    config = manager.get_configuration("3d_fullres")
-    folder = results / "Dataset902_Synth" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    config = manager.get_configuration(configuration)
+    folder = results / "Dataset902_Synth" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
@@ -86,9 +86,9 @@ def trained_folder(results: Path, plans: dict, dataset: dict) -> Path:
                 "logging": {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.5)]},
                 "_best_ema": np.float64(0.5),
                 "current_epoch": 1,
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold, "dataset_json": dataset},
+                "init_args": {"plans": plans, "configuration": configuration, "fold": fold, "dataset_json": dataset},
                 "trainer_name": "nnUNetTrainer",
-                "inference_allowed_mirroring_axes": (0, 1, 2),
+                "inference_allowed_mirroring_axes": tuple(range(len(config.patch_size))),
             },
             folder / f"fold_{fold}" / "checkpoint_final.pth",
         )
@@ -130,7 +130,6 @@ def main(argv: list[str]) -> int:
             extract_fingerprint_dataset(902, num_processes=1, show_progress_bar=False, verbose=False)
             plan_experiment_dataset(902)
         plans = json.loads((root / "pre" / "Dataset902_Synth" / "nnUNetPlans.json").read_text())
-        folder = trained_folder(root / "res", plans, dataset)
         config = plans["configurations"]["3d_fullres"]
         rng = np.random.default_rng(1)
         image = rng.normal(0, 30, test_shape).astype(np.float32)
@@ -147,12 +146,20 @@ def main(argv: list[str]) -> int:
             f"{config['architecture']['arch_kwargs']['n_stages']} stages, normalisation "
             f"{config['normalization_schemes']}; test case {test_shape} (oblique, 0.9 x 0.7 x 2.0 mm)\n"
         )
-        print("| mirroring | voxels equal to nnU-Net's | labels (nnU-Net) | medcam explain s | nnUNetPredictor s |")
-        print("|---|---|---|---|---|")
-        for mirroring in (False, True):
+        print(
+            "| configuration | mirroring | voxels equal to nnU-Net's | labels (nnU-Net) | medcam explain s "
+            "| nnUNetPredictor s |"
+        )
+        print("|---|---|---|---|---|---|")
+        runs = [(c, m) for c in ("3d_fullres", "2d") if c in plans["configurations"] for m in (False, True)]
+        folders = {c: trained_folder(root / "res", plans, dataset, c) for c, _ in runs[::2]}
+        for configuration, mirroring in runs:
+            folder = folders[configuration]
             with contextlib.redirect_stdout(sys.stderr):
-                theirs, their_time = nnunet_predict(folder, case, root / f"nnunet_{mirroring}", mirroring)
-            out = root / f"medcam_{mirroring}"
+                theirs, their_time = nnunet_predict(
+                    folder, case, root / f"nnunet_{configuration}_{mirroring}", mirroring
+                )
+            out = root / f"medcam_{configuration}_{mirroring}"
             command = ["explain", "--volume", str(case), "--model", str(folder), "--class", "tumor"]
             command += ["--pixels", "prob>0.3", "--out", str(out), "--no-progress"]
             started = time.perf_counter()
@@ -165,7 +172,8 @@ def main(argv: list[str]) -> int:
             ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
             equal = float((ours == theirs).mean())
             counts = np.bincount(theirs.ravel(), minlength=3).tolist()
-            print(f"| {'on' if mirroring else 'off'} | {equal:.5f} | {counts} | {our_time:.1f} | {their_time:.1f} |")
+            row = f"| {configuration} | {'on' if mirroring else 'off'} | {equal:.5f} | {counts} "
+            print(row + f"| {our_time:.1f} | {their_time:.1f} |")
     return 0
 
 
