@@ -255,12 +255,12 @@ def test_2d_configuration_runs_slice_by_slice(tmp_path: Path, case: Path) -> Non
     bundle = load_nnunet(model)
     assert bundle.meta.patch_size == (1, 16, 16) and bundle.source is not None
     out = tmp_path / "review"
-    args = ["--volume", str(case), "--model", str(model), "--class", "tumor", "--levels"]
+    args = ["--volume", str(case), "--model", str(model), "--class", "tumor", "--layer", "mirrors.0.encoder.stages.1"]
     assert _explain(*args, "--out", str(out)) == 0
     ours = np.asarray(nib.load(out / "prediction.nii.gz").dataobj)
     theirs = nnunet_prediction(model, case, tmp_path / "nnunet", folds=(0,), mirroring=True)
     assert float((ours == theirs).mean()) >= AGREEMENT and len(np.unique(theirs)) > 1
-    heatmap = nib.load(out / "levels" / "enc1.nii.gz")
+    heatmap = nib.load(out / "heatmap.nii.gz")
     assert heatmap.shape == nib.load(case).shape
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sliding_window"]["copies_summed"] == 4  # mirroring over the two in-plane axes
