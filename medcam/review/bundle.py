@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from medcam.models.levels import level_order
-from medcam.review.folders import atomic_folder, check_output
+from medcam.review.folders import atomic_folder, check_output, output_path
 from medcam.review.montage import Montage, level_note, render_montage
 from medcam.review.preview import (
     DEFAULT_THRESHOLD,
@@ -97,11 +97,12 @@ class VolumeExplanation:
         return self.maps[self.primary]
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the review folder atomically (temporary folder, then rename)."""
-        out = Path(out).absolute()
-        check_output(out, overwrite=overwrite)
+        """Write the review folder atomically (temporary folder, then rename); never over its own input."""
+        out = output_path(out)
+        inputs = [self.volume.path]
+        check_output(out, overwrite=overwrite, inputs=inputs)
         start = time.perf_counter()
-        with atomic_folder(out, overwrite=overwrite) as tmp:
+        with atomic_folder(out, overwrite=overwrite, inputs=inputs) as tmp:
             outputs = self._write(tmp, final=out)
             summary = dict(self.summary)
             timings = dict(summary.get("timings_s", {}))
