@@ -126,7 +126,9 @@ def check_case_ids(cases: Sequence[Case], source: str = "the batch") -> None:
     for case in cases:
         problem = case_id_problem(case.id)
         if problem:
-            raise UserError(f"{source}: case id {case.id!r} {problem}; give the case a plain name (letters, digits, _-.)")
+            raise UserError(
+                f"{source}: case id {case.id!r} {problem}; give the case a plain name (letters, digits, _-.)"
+            )
         key = case.id.casefold()
         if key in seen:
             raise UserError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -222,7 +223,7 @@ class VolumeExplanation:
             and volume.channels == 1
         )
         if single_file:
-            scene_image = str(volume.path.absolute())
+            scene_image = _relative(volume.path, final)  # the folder may move along with its input
             image_suffix = _suffix(volume.path.name)
             bundle_image: Path | bytes = volume.path
         else:
@@ -276,6 +277,14 @@ class VolumeExplanation:
         if not single_file:
             written["image_copy"] = "image.nrrd"
         return written
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` (``../case/imaging.nii.gz``), or absolute across drives."""
+    try:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    except ValueError:  # another drive on Windows
+        return str(Path(path).absolute())
 
 
 def _suffix(name: str) -> str:

@@ -97,7 +97,9 @@ def check_replaceable(out: Path, inputs: Iterable[str | Path | None] = ()) -> No
             continue
         path = Path(given).resolve()
         if path == real or real in path.parents:
-            raise OutputError(f"--overwrite would delete the input {given}, which is inside --out {out}; choose another --out")
+            raise OutputError(
+                f"--overwrite would delete the input {given}, which is inside --out {out}; choose another --out"
+            )
 
 
 def remove_leftovers(out: Path) -> list[Path]:
