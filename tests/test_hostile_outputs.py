@@ -141,8 +141,9 @@ def test_a_batch_never_writes_through_a_linked_case_folder(tmp_path: Path, kits_
     assert sorted(p.name for p in elsewhere.iterdir()) == [MARKER]
 
 
-def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path: Path, kits_case: Path, kits_model: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(
+    tmp_path: Path, kits_case: Path, kits_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "res"
     killed = tmp_path / ".res.abcd1234.partial"  # what a run killed while writing leaves
     killed.mkdir()

@@ -282,7 +282,8 @@ class VolumeExplanation:
 def _relative(path: Path, folder: Path) -> str:
     """``path`` relative to ``folder`` (``../case/imaging.nii.gz``), or absolute across drives."""
     try:
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+        # by name, not resolving links: the path the user gave, seen from the folder
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))  # noqa: PTH100
     except ValueError:  # another drive on Windows
         return str(Path(path).absolute())
 
