@@ -255,6 +255,7 @@ def mha(header: str, data: bytes | None = None) -> bytes:
     return (header + "\nElementDataFile = LOCAL\n").encode() + data
 
 
+DETACHED = "DimSize = 8 8 8\nElementType = MET_FLOAT\nElementDataFile = gone.raw\n"
 MHA_BASE = "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
 
 
@@ -302,7 +303,7 @@ def itk_cases() -> dict[str, Callable[[Path], Path]]:
                 MHA_BASE + "DimSize = 8 8 8\nElementNumberOfChannels = 2\nElementType = MET_FLOAT",
                 np.zeros((*SHAPE, 2), np.float32).tobytes(),
             ),
-        ),  # fmt: skip
+        ),
     }
 
     def maker(name: str, data: bytes) -> Callable[[Path], Path]:
