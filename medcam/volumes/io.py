@@ -55,6 +55,10 @@ _SUFFIXES: dict[str, Format] = {
 }
 
 
+# pictures larger than this (Pillow's own default limit) are refused before decoding
+MAX_PICTURE_PIXELS = 89_478_485
+
+
 class VolumeError(UserError):
     """An image cannot be read or is not something medcam can explain."""
 
@@ -421,9 +425,10 @@ def _read_picture(path: Path) -> Volume:
     try:
         with Image.open(path) as img:
             width, height = img.size  # from the header: check before the pixels are decoded
-            if width * height > Image.MAX_IMAGE_PIXELS:
+            limit = Image.MAX_IMAGE_PIXELS or MAX_PICTURE_PIXELS
+            if width * height > limit:
                 raise VolumeError(
-                    f"{path} is {width} x {height} pixels, more than {Image.MAX_IMAGE_PIXELS:,} "
+                    f"{path} is {width} x {height} pixels, more than {limit:,} "
                     "(a decompression bomb, or a picture to downsample first)"
                 )
             if min(width, height) < 2:
