@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one options object per run; building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(
-        method=args.method or pipeline.DEFAULT_METHOD,
+        method=args.method if args.method is not None else pipeline.DEFAULT_METHOD,
         method_options=parse_method_options(args.method_options),
         pixels=args.pixels,
         layer=level_layer(args),

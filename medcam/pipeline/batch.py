@@ -77,8 +77,9 @@ def cases_from_datalist(path: str | Path) -> list[Case]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"--datalist {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"--datalist {path} is not readable JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise UserError(f"--datalist {path} is not readable JSON ({reason})") from None
     if isinstance(data, Mapping):
         entries = []
         for key in ("cases", "training", "validation", "test"):
