@@ -26,9 +26,11 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from medcam.version import __version__
 from medcam.volumes.geometry import ItkGeometry
 
-SLICER_VERSION = "Slicer5.6.2"
+# the MRML header names what wrote the scene (Slicer writes its own name and version there)
+WRITER = f"medcam {__version__}"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Slicer's default layout colours and orientation presets (rows of the 3x3 matrices)
 _VIEWS = {
@@ -122,7 +124,7 @@ def _num(values: Sequence[float] | np.ndarray) -> str:
 
 def scene_xml(scene: ReviewScene) -> str:
     """The MRML text of ``scene``."""
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>', f'<MRML version="{SLICER_VERSION}" userTags="">']
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', f'<MRML version="{WRITER}" userTags="">']
     focus = scene.focus_ras
     fov = scene.field_of_view()
     thickness = float(min(scene.geometry.spacing))
