@@ -49,11 +49,17 @@ def is_medcam_output(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file()
 
 
-def write_marker(folder: Path) -> None:
-    """Mark ``folder`` as medcam's own (what ``--overwrite`` and the leftover clean-up look for)."""
+def write_marker(folder: Path, *, writing: bool = False) -> None:
+    """Mark ``folder`` as medcam's own (what ``--overwrite`` and the leftover clean-up look for).
+
+    While ``writing``, the marker also names the process (so a second run leaves a live
+    run's temporary folder alone); a finished folder's marker is the same on every run.
+    """
     from medcam.version import __version__
 
-    info = {"writer": "medcam", "version": __version__, "pid": os.getpid(), "host": socket.gethostname()}
+    info: dict[str, object] = {"writer": "medcam", "version": __version__}
+    if writing:
+        info.update(pid=os.getpid(), host=socket.gethostname())
     (folder / MARKER).write_text(json.dumps(info) + "\n")
 
 
@@ -156,12 +162,13 @@ def atomic_folder(out: Path, *, overwrite: bool, inputs: Iterable[str | Path | N
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-        write_marker(tmp)
+        write_marker(tmp, writing=True)
     except OSError as err:
         _remove_empty(created)
         raise OutputError(f"cannot create {out} ({err.strerror}); choose a writable --out folder") from None
     try:
         yield tmp
+        write_marker(tmp)  # finished: the marker no longer names this process (reruns are byte-identical)
         if out.exists() or out.is_symlink():
             if not overwrite:
                 raise OutputError(f"--out {out} appeared while medcam was running; nothing was replaced")
