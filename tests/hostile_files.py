@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import locale
 import shutil
 import struct
 import zipfile
@@ -99,6 +100,7 @@ def nifti_cases() -> dict[str, Callable[[Path], Path]]:
         "dtype_rgba32": {"datatype": 2304, "bitpix": 32},
         "dtype_complex64": {"datatype": 32, "bitpix": 64, "dim": dims(8, 8, 4)},
         "dtype_complex128": {"datatype": 1792, "bitpix": 128, "dim": dims(8, 8, 2)},
+        "dtype_float128": {"datatype": 1536, "bitpix": 128, "dim": dims(8, 8, 2)},
         "slope_inf": {"scl_slope": inf},
         "slope_nan_intercept_inf": {"scl_slope": 1.0, "scl_inter": inf},
         "sform_nan": {"srow_x": (nan, 0.0, 0.0, 0.0)},
@@ -343,7 +345,11 @@ def dicom_cases(write_series: Callable[..., Path]) -> dict[str, Callable[[Path],
             writer = sitk.ImageFileWriter()
             writer.KeepOriginalImageUIDOn()
             writer.SetFileName(str(s / name))
-            writer.Execute(image)
+            saved = locale.setlocale(locale.LC_ALL)
+            try:
+                writer.Execute(image)
+            finally:
+                locale.setlocale(locale.LC_ALL, saved)  # GDCM's writer sets the C locale
         return s
 
     def truncated(d: Path) -> Path:

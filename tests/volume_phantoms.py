@@ -8,6 +8,7 @@ NRRD, MetaImage, a DICOM series and PNG.
 
 from __future__ import annotations
 
+import locale
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -92,7 +93,19 @@ def _itk_image(data: np.ndarray, spacing, origin, direction) -> sitk.Image:
 
 
 def write_dicom_series(folder: Path, data: np.ndarray, spacing, origin, direction) -> Path:
-    """A CT-like DICOM series (one file per slice along k), written with SimpleITK."""
+    """A CT-like DICOM series (one file per slice along k), written with SimpleITK.
+
+    GDCM's writer sets the process's C locale to "C" (ASCII), which would make later
+    ``Path.write_text`` calls of other tests fail on non-ASCII text; the locale is restored.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(folder, data, spacing, origin, direction)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder: Path, data: np.ndarray, spacing, origin, direction) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(_itk_image(data, spacing, origin, direction), sitk.sitkInt16)
     writer = sitk.ImageFileWriter()

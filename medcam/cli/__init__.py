@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(f"medcam.cli.{COMMANDS[args.command]}")
     # library warnings (nibabel, numpy, torch, ...) are not the user's to read: -v logs them
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # once per place, so a warning in a loop is not kept thousands of times
         try:
             return int(module.run(args))
         except UserError as err:
