@@ -168,6 +168,15 @@ CHECKPOINTS = [
     "ckpt_text", "ckpt_folder",
 ]  # fmt: skip
 CASES += [Case("checkpoints", name, explain("--volume", "{good}", "--model", "{" + name + "}")) for name in CHECKPOINTS]
+INFO = ["ckpt_meta_not_json", "ckpt_in_channels_absurd", "ckpt_out_channels_absurd", "ckpt_zip_bomb", "ckpt_folder"]
+CASES += [
+    Case("checkpoints", f"info_{name}", (lambda n: lambda f: ["info", "--model", str(f[n])])(name)) for name in INFO
+]
+CASES += [
+    Case("paths", "levels_out_foreign", lambda f: ["levels", "--volume", str(f["good"]), "--model", str(f["model"]),
+         "--class", "kidney", "--reference", str(f["good"]), "--out", str(f["foreign"]), "--overwrite"],
+         "replaces only medcam"),
+]  # fmt: skip
 
 DATALISTS: dict[str, object] = {
     "dl_training_int": {"training": 5},
