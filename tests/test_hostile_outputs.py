@@ -197,3 +197,25 @@ def test_loose_scene_refers_to_the_input_by_a_relative_path(tmp_path: Path, kits
     relative = os.path.relpath(kits_case, out)
     assert f'fileName="{relative}"' in scene and str(kits_case) not in scene
     assert (out / relative).resolve() == kits_case.resolve()
+
+
+def test_evaluate_overwrite_keeps_inputs_and_foreign_folders(tmp_path: Path) -> None:
+    from medcam.evaluate.command import prepare_folder
+
+    fresh = tmp_path / "evaluation"
+    prepare_folder(fresh, overwrite=False)
+    assert (fresh / MARKER).is_file()  # marked, so a later --overwrite recognises it
+    (fresh / "data").mkdir()
+    with pytest.raises(UserError, match="would delete the input"):
+        prepare_folder(fresh, overwrite=True, inputs=[str(fresh / "data")])
+    assert (fresh / "data").is_dir()
+    prepare_folder(fresh, overwrite=True, inputs=[str(tmp_path / "elsewhere")])
+    assert sorted(p.name for p in fresh.iterdir()) == [MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    prepare_folder(mine, overwrite=False)  # resuming into a foreign folder does not mark it as medcam's
+    assert not (mine / MARKER).exists()
+    with pytest.raises(UserError, match="not an evaluation folder"):
+        prepare_folder(mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"
