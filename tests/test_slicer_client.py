@@ -50,7 +50,7 @@ def read_with_slicer(tmp_path: Path, *scenes: Path) -> tuple[list[dict[str, Any]
 def review(tmp_path_factory: pytest.TempPathFactory, kits_model: Path) -> dict[str, Any]:
     """A case and its review folder side by side, then moved together: Slicer reads both packages."""
     root = tmp_path_factory.mktemp("slicer_client") / "study"
-    case = write_kits_case(root / "case_00000")
+    case = write_kits_case(root / "case \"q\" & <x> 100% 'é'")  # quoted, escaped and URL-encoded in the scene
     out = explain_case(case, root / "review", class_name="tumor", model=kits_model, pixels="box:3,8,5:9,24,20")
     kept = root.parent / "kept"  # the case as written, for the comparisons
     shutil.copytree(root, kept)
