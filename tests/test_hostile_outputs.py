@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from medcam.cli import main
@@ -219,3 +220,17 @@ def test_evaluate_overwrite_keeps_inputs_and_foreign_folders(tmp_path: Path) -> 
     with pytest.raises(UserError, match="not an evaluation folder"):
         prepare_folder(mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_single_slice_may_have_zero_thickness(tmp_path: Path) -> None:
+    from hostile_files import dims, write_nifti
+
+    from medcam.volumes.io import VolumeError, load_volume
+
+    flat = np.arange(64, dtype=np.float32).reshape(8, 8, 1)
+    one = write_nifti(tmp_path / "one.nii", data=flat, sform_code=0, pixdim=(1, 1.5, 1.5, 0, 1, 1, 1, 1))
+    assert load_volume(one).spatial_shape == (8, 8, 1)  # 2D stored as 3D: nothing is placed by the thickness
+    two = write_nifti(tmp_path / "two.nii", data=flat, sform_code=0, pixdim=(1, 0, 1.5, 1, 1, 1, 1, 1))
+    with pytest.raises(VolumeError, match="pixdim"):
+        load_volume(two)
+    assert dims(8, 8) == (2, 8, 8, 1, 1, 1, 1, 1)

@@ -131,6 +131,8 @@ def check_nifti_header(header: Any, path: Path) -> None:
     spatial = min(rank, 3)
     pixdim = [float(p) for p in header["pixdim"][1 : spatial + 1]]
     for axis, value in enumerate(pixdim, start=1):
+        if value == 0 and sizes[axis - 1] == 1:
+            continue  # one slice (a 2D image stored as 3D): its thickness places nothing
         if not np.isfinite(value) or value == 0:
             raise HeaderError(
                 f"has voxel size pixdim[{axis}] = {value:g}; a voxel size must be finite and non-zero, "
