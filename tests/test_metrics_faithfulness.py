@@ -19,7 +19,7 @@ from medcam.metrics import (
     resolve_baseline,
     trapezoid_auc,
 )
-from medcam.metrics.perturbation import saliency_rank
+from medcam.metrics.ordering import saliency_rank
 from medcam.metrics.scoring import scoring
 
 

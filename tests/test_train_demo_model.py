@@ -8,7 +8,7 @@ import torch
 from medcam.data.synthetic import case_seed, kits_phantom
 from medcam.models.checkpoint import DEMO_CHECKPOINT, load_demo_model
 from medcam.models.levels import discover_levels
-from medcam.train.evaluate import evaluate_cases
+from medcam.train.validation import evaluate_cases
 
 HELD_OUT_SEED = 1000  # the training phantoms were written with dataset seed 0
 

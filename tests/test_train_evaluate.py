@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from medcam.data.synthetic import kits_phantom
+from medcam.metrics.dice import dice
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle, Preprocessing
-from medcam.train.evaluate import segment
-from medcam.train.metrics import dice
+from medcam.train.validation import segment
 
 
 class Threshold(nn.Module):
@@ -62,7 +62,7 @@ def test_reorientation_and_resampling_are_inverted():
 
 
 def test_labels_from_logits_softmax_and_region_order() -> None:
-    from medcam.train.evaluate import labels_from_logits
+    from medcam.train.validation import labels_from_logits
 
     logits = torch.tensor([[[0.0, 2.0, -1.0], [1.0, 0.0, 3.0]]])  # (N, C, 3 pixels)
     assert labels_from_logits(logits, "softmax", {}).tolist() == [[[1, 0, 1]]]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
+from medcam.metrics.dice import dice, label_dice, nanmean, region_dice
 from medcam.train.losses import DiceCrossEntropyLoss
-from medcam.train.metrics import dice, label_dice, nanmean, region_dice
 
 
 @pytest.mark.parametrize("include_background", [True, False])

@@ -95,8 +95,8 @@ def _itk_image(data: np.ndarray, spacing, origin, direction) -> sitk.Image:
 def write_dicom_series(folder: Path, data: np.ndarray, spacing, origin, direction) -> Path:
     """A CT-like DICOM series (one file per slice along k), written with SimpleITK.
 
-    GDCM's writer sets the process's C locale to "C" (ASCII), which would make later
-    ``Path.write_text`` calls of other tests fail on non-ASCII text; the locale is restored.
+    GDCM's writer sets the process locale to "C"; it is put back, so the tests after this
+    one in the same process keep the locale they started with.
     """
     saved = locale.setlocale(locale.LC_ALL)
     try:

@@ -33,7 +33,7 @@ def main() -> int:
     from medcam.data.kits import KiTS23
     from medcam.data.synthetic import case_seed, kits_phantom
     from medcam.models.checkpoint import load_checkpoint
-    from medcam.train.evaluate import evaluate_cases
+    from medcam.train.validation import evaluate_cases
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -67,6 +67,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--no-relu", action="store_true", help="keep negative evidence (signed maps)")
     parser.add_argument("--seed", type=seed_value, default=0, help="random seed, recorded in summary.json (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--dicom-out",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write dicom/: the maps as DICOM Parametric Maps and the prediction as a DICOM SEG "
+        "(default: when the input is a DICOM series; see docs/dicom.md)",
+    )
 
 
 def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: bool = False) -> None:
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         reference=args.reference,
+        dicom_out=args.dicom_out,
     )
     single = args.volume if args.volume is not None else args.image
     if single is not None:

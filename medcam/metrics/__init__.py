@@ -1,4 +1,4 @@
-"""Measuring explanations: faithfulness, localisation, stability and sanity (METHODS.md, "Metrics").
+"""Measuring explanations: faithfulness, localisation, stability and sanity (docs/metrics.md).
 
 Every metric works on maps shaped ``(N, *spatial)`` at input resolution (what
 ``medcam.explain`` returns), for 2D and 3D inputs, classifiers and segmentation
@@ -29,7 +29,7 @@ from medcam.metrics.localisation import (
     pointing_game,
     threshold_map,
 )
-from medcam.metrics.perturbation import gaussian_blur, resolve_baseline
+from medcam.metrics.ordering import gaussian_blur, resolve_baseline
 from medcam.metrics.sanity import SanityResult, cascading_randomisation, parameterised_modules, randomise
 from medcam.metrics.scoring import Scorer, bind_target
 from medcam.metrics.similarity import pearson, spearman, ssim, top_k_iou, top_k_mask

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from medcam.core.hooks import OutputSelector
 from medcam.errors import UserError
-from medcam.metrics.perturbation import BaselineSpec, resolve_baseline, saliency_rank
+from medcam.metrics.ordering import BaselineSpec, resolve_baseline, saliency_rank
 from medcam.metrics.scoring import Scorer, TargetSpec, check_maps, scoring
 
 _TINY = 1e-12

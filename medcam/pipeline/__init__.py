@@ -3,7 +3,7 @@
 ``options`` (one :class:`ExplainOptions` per run), ``volume`` (``explain_volume``,
 ``explain_case``), ``windows`` (sliding-window prediction and the one window loop),
 ``batch`` (folders, datalists, torchrun shards), ``recommend`` (``medcam levels``),
-``inspect`` (``medcam info``), ``demo`` (``medcam demo``).
+``info`` (``medcam info``), ``demo`` (``medcam demo``).
 """
 
 from medcam.models.classes import ClassChoice, resolve_class
@@ -16,7 +16,7 @@ from medcam.pipeline.batch import (
     explain_batch,
     rank_and_world,
 )
-from medcam.pipeline.inspect import LayerInfo, inspect_model
+from medcam.pipeline.info import LayerInfo, inspect_model
 from medcam.pipeline.options import DEFAULT_METHOD, ExplainOptions
 from medcam.pipeline.volume import explain_case, explain_volume
 from medcam.review.bundle import VolumeExplanation

@@ -125,8 +125,8 @@ def _nifti(path: Path) -> Any:
 def _score(out: Path, case: Path, explanation: Path, method: str, seconds: float) -> DemoReport:
     import torch
 
+    from medcam.metrics.dice import label_dice
     from medcam.models.checkpoint import DEMO_CHECKPOINT, read_checkpoint
-    from medcam.train.metrics import label_dice
 
     labels = {name: value for name, value in read_checkpoint(DEMO_CHECKPOINT)[0].labels.items() if value != 0}
     truth_image = _nifti(case / "segmentation.nii.gz")

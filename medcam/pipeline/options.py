@@ -32,7 +32,8 @@ class ExplainOptions:
 
     ``reference`` is a mask ``FILE[:LABEL]`` on the input's grid against which the
     explained layers are scored and ranked (``level_threshold``, ``rank_by``:
-    :mod:`medcam.metrics.levels`).
+    :mod:`medcam.metrics.levels`). ``dicom_out``: also write ``dicom/``, DICOM Parametric
+    Maps and a SEG (``None``: when the input is a DICOM series; docs/dicom.md).
     """
 
     method: str | CAMMethod = DEFAULT_METHOD
@@ -51,6 +52,7 @@ class ExplainOptions:
     level_threshold: float = DEFAULT_THRESHOLD
     rank_by: RankBy = "dice"
     montage: Montage | None = None
+    dicom_out: bool | None = None
     built: CAMMethod = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ from medcam.review import summary as record
 from medcam.review.bundle import VolumeExplanation
 from medcam.review.folders import check_output
 from medcam.review.montage import Montage
+from medcam.volumes.dicom_series import check_dicom_source
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, load_volume
 from medcam.volumes.pixels import INPUT_COORDINATES, build_pixel_set, in_input_coordinates, load_reference
@@ -83,7 +84,7 @@ def explain_volume(
 
     ``options`` (or the same names as keywords: ``method``, ``pixels``, ``layer``,
     ``device``, ``overlap``, ``blend``, ``window_batch``, ``relu``, ``normalize``,
-    ``seed``, ``progress``, ``method_options``, ``reference``, ``montage``) say how.
+    ``seed``, ``progress``, ``method_options``, ``reference``, ``montage``, ``dicom_out``) say how.
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
     With several layers (``layer="levels"``) or a ``reference`` mask (``FILE[:LABEL]`` on
     the image's grid), ``summary["levels"]`` holds each layer's localisation numbers
@@ -113,6 +114,7 @@ def _explain(
 ) -> tuple[VolumeExplanation, LevelRanking | None]:
     clock = _Clock()
     vol = volume if isinstance(volume, Volume) else load_volume(volume)
+    dicom_out = check_dicom_source(vol, options.dicom_out)  # DICOM objects must lie on the source frames
     truth, truth_definition = load_reference(options.reference, vol) if options.reference is not None else (None, None)
     clock.lap("load_volume")
     loaded = load_model(model, device)
@@ -143,26 +145,21 @@ def _explain(
         prediction = record.prediction_summary(labels, segments(meta))
     clock.lap("invert")
     primary = _primary(layers, options.layer)
-    voxel_ml = float(np.prod(vol.spacing)) / 1000.0
+    mask = on_grid.bound.mask
     summary: dict[str, Any] = {
         "schema_version": record.SCHEMA_VERSION,
-        "method": {
-            "name": cam.name,
-            "options": record.jsonable(cam.options()),
-            "relu": options.relu,
-            "normalize": options.normalize,
-            "stats": record.jsonable(readable_stats(cam, on_grid.method_stats)),
-        },
+        "method": record.method_entry(
+            cam, relu=options.relu, normalize=options.normalize, stats=readable_stats(cam, on_grid.method_stats)
+        ),
         "class": {"name": choice.name, "kind": choice.kind, "channels": list(choice.channels)},
-        "pixel_set": {
-            "definition": definition,
-            "coordinates": INPUT_COORDINATES if in_input_coordinates(definition) else "model output",
-            "voxels_model_grid": int(on_grid.bound.mask.sum()) if on_grid.bound.mask is not None else None,
-            "voxels_input_grid": int(pixels_src.sum()) if pixels_src is not None else None,
-            "volume_ml": round(float(pixels_src.sum()) * voxel_ml, 4)
-            if pixels_src is not None and vol.spatial_dims == 3
-            else None,
-        },
+        "pixel_set": record.pixel_set_entry(
+            definition,
+            coordinates=INPUT_COORDINATES if in_input_coordinates(definition) else "model output",
+            model_voxels=int(mask.sum()) if mask is not None else None,
+            input_mask=pixels_src,
+            spacing=vol.spacing,
+            spatial_dims=vol.spatial_dims,
+        ),
         "layers": {"choice": layer_choice, "explained": dict(layers), "primary": primary},
         "input": vol.describe(),
         "model": record.model_entry(
@@ -203,6 +200,7 @@ def _explain(
         image_window=image_window,
         reference=truth,
         montage=options.montage or Montage(),
+        dicom_out=dicom_out,
     )
     return explanation, ranking
 

@@ -78,7 +78,8 @@ class VolumeExplanation:
     ``prediction``: label values on the input grid (segmentation) or ``None``;
     ``pixels``: the explained pixel set M on the input grid (segmentation) or ``None``;
     ``reference``: a reference mask on the input grid (localisation numbers) or ``None``;
-    ``montage``: how ``montage.png`` is drawn when there are several maps.
+    ``montage``: how ``montage.png`` is drawn when there are several maps;
+    ``dicom_out``: write ``dicom/`` (Parametric Maps, SEG; ``None``: for DICOM series inputs).
     """
 
     volume: Volume
@@ -92,6 +93,7 @@ class VolumeExplanation:
     image_window: tuple[float, float] | None = None
     reference: np.ndarray | None = None
     montage: Montage = field(default_factory=Montage)
+    dicom_out: bool | None = None
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -190,7 +192,42 @@ class VolumeExplanation:
             )
             outputs["preview_uncertainty"] = "preview_uncertainty.png"
         outputs.update(self._write_slicer(folder, final, geometry, overlays, segments))
+        if self.writes_dicom:
+            outputs["dicom"] = self._write_dicom(folder, segments)
         return outputs
+
+    @property
+    def writes_dicom(self) -> bool:
+        return self.dicom_out if self.dicom_out is not None else self.volume.format == "dicom"
+
+    def _write_dicom(self, folder: Path, segments: list[Segment]) -> list[str]:
+        """``dicom/``: a Parametric Map per map and the prediction as a SEG (:mod:`medcam.review.dicom`)."""
+        from medcam.review.dicom import write_dicom
+
+        maps = {"heatmap": self.heatmap}
+        for name, per_layer in sorted(self.extras.items()):
+            if self.primary in per_layer:
+                maps[_safe_name(name)] = per_layer[self.primary]
+        if len(self.maps) > 1:
+            maps.update({f"level_{_safe_name(alias)}": data for alias, data in self.maps.items()})
+        description = {
+            "method": str(self.summary["method"]["name"]),
+            "class": str(self.summary["class"]["name"]),
+            "pixel_set": str(self.summary["pixel_set"]["definition"]),
+            "layer": self.primary,
+        }
+        paths = write_dicom(
+            folder / "dicom",
+            self.volume,
+            maps,
+            self.prediction,
+            {s.value: s.name for s in segments},
+            {s.value: s.color for s in segments},
+            description,
+        )
+        files = [p.relative_to(folder).as_posix() for p in paths]
+        objects = [f for f in files if not f.startswith("dicom/image/")]
+        return objects + (["dicom/image/"] if len(objects) < len(files) else [])  # a non-DICOM input's series
 
     @property
     def _normalized(self) -> bool:

@@ -86,3 +86,35 @@ def model_entry(
         "model_grid_orientation": orientation,
         "model_grid_affine": np.round(affine, 6).tolist(),
     }
+
+
+def method_entry(method: Any, *, relu: bool, normalize: Any, stats: Any) -> dict[str, Any]:
+    """The ``method`` entry: name, options (replayable), post-processing and what the method reported."""
+    return {
+        "name": method.name,
+        "options": jsonable(method.options()),
+        "relu": relu,
+        "normalize": normalize,
+        "stats": jsonable(stats),
+    }
+
+
+def pixel_set_entry(
+    definition: str,
+    *,
+    coordinates: str,
+    model_voxels: int | None,
+    input_mask: np.ndarray | None,
+    spacing: tuple[float, ...],
+    spatial_dims: int,
+) -> dict[str, Any]:
+    """The ``pixel_set`` entry: M's definition, its coordinates and its size on both grids (ml in 3D)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    inside = int(input_mask.sum()) if input_mask is not None else None
+    return {
+        "definition": definition,
+        "coordinates": coordinates,
+        "voxels_model_grid": model_voxels,
+        "voxels_input_grid": inside,
+        "volume_ml": round(float(inside) * voxel_ml, 4) if inside is not None and spatial_dims == 3 else None,
+    }

@@ -28,13 +28,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medcam.data.base import Dataset
 from medcam.data.transforms import LoadRecordd, preprocessing_transforms
+from medcam.metrics.dice import label_dice, nanmean, region_dice
 from medcam.models.checkpoint import CheckpointMeta
 from medcam.models.factory import build_model, default_cam_layers
 from medcam.train.config import ConfigError, ExperimentConfig
 from medcam.train.distributed import Context
-from medcam.train.evaluate import labels_from_logits
 from medcam.train.losses import DiceCrossEntropyLoss
-from medcam.train.metrics import label_dice, nanmean, region_dice
+from medcam.train.validation import labels_from_logits
 
 
 class Task(ABC):

@@ -373,13 +373,15 @@ def _read_dicom(folder: Path) -> Volume:
         )
     with quiet_itk():
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    unread = sorted({p.name for p in folder.iterdir() if p.is_file()} - {Path(f).name for f in files})
-    _check_series(folder, files, unread)
+    if len(files) > 1:  # a single (enhanced, multi-frame) file has no per-file slice positions to compare
+        unread = sorted({p.name for p in folder.iterdir() if p.is_file()} - {Path(f).name for f in files})
+        _check_series(folder, files, unread)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         with quiet_itk():
-            image = reader.Execute()
+            # one file is an enhanced (multi-frame) image: GDCM stacks its frames itself
+            image = sitk.ReadImage(files[0]) if len(files) == 1 else reader.Execute()
     except RuntimeError as err:
         raise VolumeError(f"cannot read the DICOM series in {folder} ({_itk_message(err)})") from None
     try:

@@ -19,6 +19,7 @@ import numpy as np
 from medcam.core.targets import Box, Mask, PixelSet, Voxel, parse_pixel_set
 from medcam.data.nifti import grid_difference
 from medcam.errors import UserError
+from medcam.volumes.dicom_seg import find_dicom_seg, read_dicom_seg
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, load_volume
 from medcam.volumes.preprocessing import ModelInput
@@ -64,12 +65,20 @@ def load_reference(spec: str | Path, volume: Volume) -> tuple[np.ndarray, str]:
     """A mask file ``FILE[:LABEL]`` on ``volume``'s voxel grid (shape and affine checked) and its definition.
 
     Without a label every non-zero voxel is in the mask; with one, the voxels of that value.
+    A DICOM SEG (a ``.dcm`` file or a folder holding one) is read by
+    :func:`medcam.volumes.dicom_seg.read_dicom_seg`; its ``LABEL`` is a segment number or name.
     """
     body, label = str(spec), None
     head, sep, tail = body.rpartition(":")
-    if sep and re.fullmatch(r"-?\d+", tail) and head:
-        body, label = head, int(tail)
-    mask = _mask_file(Path(body), volume, label)
+    seg = find_dicom_seg(Path(head)) if sep and head else None
+    if sep and head and (re.fullmatch(r"-?\d+", tail) or seg is not None):
+        body, label = head, int(tail) if re.fullmatch(r"-?\d+", tail) else tail  # a SEG's segment by name too
+    else:
+        seg = find_dicom_seg(Path(body))
+    if seg is not None:  # a DICOM SEG file, or a folder holding one
+        mask = read_dicom_seg(seg, volume, label)
+    else:
+        mask = _mask_file(Path(body), volume, label if isinstance(label, int) else None)
     return mask, body + (f":{label}" if label is not None else "")
 
 

@@ -1,4 +1,4 @@
-"""Dice per class and per region on hard predictions, the way KiTS-style evaluation reports them."""
+"""Dice per class and per region on hard label maps, the way KiTS-style evaluation reports them (training, the demo)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pixel order for perturbation metrics; the baselines themselves are :mod:`medcam.core.perturbation`'s.
+"""The order in which perturbation metrics remove pixels; baselines are :mod:`medcam.core.perturbation`'s.
 
 Pixels are ordered by saliency with ties broken by a seeded random permutation, so
 a constant map removes pixels in random order rather than in raster order. A baseline

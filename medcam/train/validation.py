@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from medcam.data.base import regions_class_order
+from medcam.metrics.dice import label_dice, nanmean, region_dice
 from medcam.models import classes
 from medcam.models.checkpoint import ModelBundle
-from medcam.train.metrics import label_dice, nanmean, region_dice
 
 
 def labels_from_logits(logits: torch.Tensor, activation: str, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
