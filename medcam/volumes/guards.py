@@ -211,19 +211,19 @@ def check_slice_positions(positions: np.ndarray, normal: np.ndarray, files: Sequ
     if np.any(np.abs(gaps) < 1e-4):
         k = int(np.argmin(np.abs(gaps)))
         raise HeaderError(
-            f"has two slices at the same position ({Path(files[order[k]]).name} and "
-            f"{Path(files[order[k + 1]]).name}); remove the duplicate"
+            f"has missing, doubled or unequally spaced slices: {Path(files[order[k]]).name} and "
+            f"{Path(files[order[k + 1]]).name} lie at the same position; remove the duplicate"
         )
     typical = float(np.median(gaps))
     off = np.abs(gaps - typical) > max(0.01 * typical, 1e-3)
     if np.any(off):
         k = int(np.argmax(off))
-        missing = gaps[k] / typical
-        kind = f"about {missing - 1:.0f} missing slice(s)" if missing > 1.5 else "unequally spaced slices"
+        ratio = gaps[k] / typical
+        kind = f" (about {ratio - 1:.0f} missing)" if ratio > 1.5 else ""
         raise HeaderError(
-            f"has {kind}: {gaps[k]:.4g} mm between {Path(files[order[k]]).name} and "
-            f"{Path(files[order[k + 1]]).name} where the others are {typical:.4g} mm apart; "
-            "a series with gaps would be explained on an invented grid, so complete it or resample it"
+            f"has missing, doubled or unequally spaced slices: {gaps[k]:.4g} mm between "
+            f"{Path(files[order[k]]).name} and {Path(files[order[k + 1]]).name}{kind} where the others are "
+            f"{typical:.4g} mm apart; ITK would read it on an invented grid, so export all slices or resample it"
         )
     return typical
 
