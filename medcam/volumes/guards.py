@@ -198,6 +198,28 @@ def check_itk_information(
         raise HeaderError("has a NaN or infinite origin; fix the header's geometry")
 
 
+def check_series_files(files: Sequence[str]) -> None:
+    """Read every file's ImagePositionPatient (headers only) and check the slices' spacing."""
+    import SimpleITK as sitk  # noqa: N813 - the name everyone uses
+
+    positions, normal = [], None
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            if normal is None:
+                cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(cosines[:3], cosines[3:6])
+        except (RuntimeError, ValueError, IndexError):
+            raise HeaderError(
+                f"has a file without a readable slice position ({Path(name).name}); is it truncated or corrupt?"
+            ) from None
+    if normal is not None and len(positions) > 1:
+        check_slice_positions(np.asarray(positions), np.asarray(normal), files)
+
+
 def check_slice_positions(positions: np.ndarray, normal: np.ndarray, files: Sequence[str]) -> float:
     """The slice spacing of a DICOM series, refusing duplicate, missing or unequally spaced slices.
 

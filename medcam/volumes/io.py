@@ -33,7 +33,7 @@ from medcam.volumes.guards import (
     check_affine,
     check_itk_information,
     check_nifti_header,
-    check_slice_positions,
+    check_series_files,
     quiet_libraries,
     read_nifti_header,
 )
@@ -393,29 +393,8 @@ def _read_dicom(folder: Path) -> Volume:
 
 def _check_series(folder: Path, files: list[str], unread: list[str]) -> None:
     """Refuse a series with duplicate, missing or unequally spaced slices (ImagePositionPatient)."""
-    import SimpleITK as sitk  # noqa: N813 - the name everyone uses
-
-    positions, normal = [], None
-    for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
-        try:
-            with quiet_itk():
-                reader.ReadImageInformation()
-            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
-            if normal is None:
-                cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
-                normal = np.cross(cosines[:3], cosines[3:6])
-        except (RuntimeError, ValueError, IndexError):
-            raise VolumeError(
-                f"the DICOM series in {folder}: {Path(name).name} has no readable slice position; "
-                "is the file truncated or corrupt?"
-            ) from None
-        positions.append(position)
-    if normal is None or len(positions) < 2:
-        return
     try:
-        check_slice_positions(np.asarray(positions), np.asarray(normal), files)
+        check_series_files(files)
     except HeaderError as err:
         hint = f" (unreadable files left out: {', '.join(unread[:3])})" if unread else ""
         raise VolumeError(f"the DICOM series in {folder} {err}{hint}") from None
