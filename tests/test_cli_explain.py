@@ -143,8 +143,16 @@ def test_overwrite_replaces_and_its_absence_protects(tmp_path: Path, kits_case: 
     assert main(base) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep me"
-    assert main([*base, "--overwrite"]) == 0
-    assert not (out / "mine.txt").exists() and (out / "heatmap.nii.gz").is_file()
+    # --overwrite replaces only a medcam output folder (marker file), never the user's own folder
+    assert main([*base, "--overwrite"]) == 2
+    assert "replaces only medcam output folders" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep me"
+    (out / "mine.txt").unlink()
+    assert main([*base, "--overwrite"]) == 0  # an empty folder may be replaced
+    assert (out / "heatmap.nii.gz").is_file() and (out / ".medcam-output").is_file()
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    assert main([*base, "--overwrite"]) == 0  # and medcam's own output
+    assert (out / "summary.json").stat().st_mtime_ns != stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

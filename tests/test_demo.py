@@ -71,6 +71,7 @@ def test_failed_overwrite_restores_the_previous_demo(tmp_path: Path, monkeypatch
 
     out = tmp_path / "demo"
     out.mkdir()
+    (out / ".medcam-output").write_text("{}")  # an earlier demo, which --overwrite may replace
     (out / "keep.txt").write_text("previous demo")
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -80,7 +81,8 @@ def test_failed_overwrite_restores_the_previous_demo(tmp_path: Path, monkeypatch
     with pytest.raises(RuntimeError, match="explain failed"):
         run_in_process(out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no half-written or hidden folders left
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "previous demo"
+    assert sorted(p.name for p in out.iterdir()) == [".medcam-output", "keep.txt"]
+    assert (out / "keep.txt").read_text() == "previous demo"
 
 
 def test_explain_without_a_model_uses_the_shipped_demo_checkpoint() -> None:

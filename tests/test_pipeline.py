@@ -247,6 +247,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_folder(
     assert not (tmp_path / "nested").exists()
     old = tmp_path / "old"
     old.mkdir()
+    (old / ".medcam-output").write_text("{}")  # an earlier medcam output, which --overwrite may replace
     (old / "keep.txt").write_text("previous result")
     with pytest.raises(RuntimeError):
         explain_case(kits_case, old, class_name="kidney", model=kits_model, pixels="image", overwrite=True)

@@ -299,7 +299,7 @@ def test_review_folder_shows_the_uncertainty(robust_case: dict[str, Path]) -> No
     colour_node = volume.split('colorNodeID="')[1].split('"')[0]
     assert f'id="{colour_node}" name="medcam GnBu"' in scene
     script = (out / "load_in_slicer.py").read_text()
-    assert 'show("uncertainty")' in script
+    assert "show('uncertainty')" in script
     # readable stability in summary.json: one number per metric and one row per view
     stats = summary["method"]["stats"]
     layer = summary["layers"]["primary"]

@@ -12,9 +12,13 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
-from medcam.errors import UserError
+from medcam.errors import UserError, one_line
+
+logger = logging.getLogger(__name__)
 
 # subcommand -> module under medcam.cli
 COMMANDS = {
@@ -26,8 +30,26 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``medcam: error: <problem>; see `medcam explain --help```."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"medcam: error: {one_line(message)}; see `{one_line(self.prog)} --help`\n")
+
+
+def seed_value(text: str) -> int:
+    """A ``--seed``: an integer from 0 to 2**64 - 1 (what torch's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed {text!r} is not an integer") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"--seed {text} is outside 0 .. 2**64-1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="medcam",
         description="Class activation maps for medical segmentation and classification networks.",
     )
@@ -44,17 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a one-line argument error
+        return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     module = importlib.import_module(f"medcam.cli.{COMMANDS[args.command]}")
-    try:
-        return int(module.run(args))
-    except UserError as err:
-        print(f"medcam: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("medcam: interrupted", file=sys.stderr)
-        return 130
+    # library warnings (nibabel, numpy, torch, ...) are not the user's to read: -v logs them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # once per place, so a warning in a loop is not kept thousands of times
+        try:
+            return int(module.run(args))
+        except UserError as err:
+            print(f"medcam: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("medcam: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            for warning in caught:
+                logger.info("warning: %s", one_line(warning.message))
 
 
 if __name__ == "__main__":  # pragma: no cover

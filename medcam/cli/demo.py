@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from medcam.cli import seed_value
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -21,7 +23,7 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the phantom case (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the phantom case (default: 0)")
     parser.add_argument("--method", default="hirescam", help="CAM method (default: hirescam)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")

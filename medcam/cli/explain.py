@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from medcam.cli import seed_value
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -68,7 +70,7 @@ def add_parser(sub: Any) -> None:
         "--normalize", choices=("minmax", "max", "none"), default="minmax", help="map normalisation (default: minmax)"
     )
     parser.add_argument("--no-relu", action="store_true", help="keep negative evidence (signed maps)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed, recorded in summary.json (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="random seed, recorded in summary.json (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(
         "--dicom-out",
@@ -166,12 +168,12 @@ def run(args: argparse.Namespace) -> int:
 
     from medcam import pipeline
     from medcam.cli.method_options import parse_method_options
-    from medcam.errors import UserError
+    from medcam.errors import UserError, one_line
     from medcam.review.montage import Montage
 
     # one options object per run; building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(
-        method=args.method or pipeline.DEFAULT_METHOD,
+        method=args.method if args.method is not None else pipeline.DEFAULT_METHOD,
         method_options=parse_method_options(args.method_options),
         pixels=args.pixels,
         layer=level_layer(args),
@@ -187,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         dicom_out=args.dicom_out,
     )
-    single = args.volume or args.image
+    single = args.volume if args.volume is not None else args.image
     if single is not None:
-        out = Path(args.out) if args.out else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
+        out = args.out if args.out is not None else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
         written = pipeline.explain_case(
             single, out, class_name=args.class_name, overwrite=args.overwrite, model=model_source(args), options=options
         )
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.reference:
         raise UserError("--reference is one mask for one image; use it with --volume or --image, not with a batch")
-    if not args.out:
+    if args.out is None:
         raise UserError("--datalist and --folder need --out DIR (one sub-folder per case is written there)")
     cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)
     rank, world = pipeline.rank_and_world()
@@ -217,5 +219,5 @@ def run(args: argparse.Namespace) -> int:
         f"{len(report.failed)} failed (of {len(cases)} cases, output in {Path(args.out)})"
     )
     for case_id, message in report.failed.items():
-        print(f"{prefix}: error: case {case_id}: {message}", file=sys.stderr)
+        print(f"{prefix}: error: case {one_line(case_id)}: {one_line(message)}", file=sys.stderr)
     return 2 if report.failed else 0

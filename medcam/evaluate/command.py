@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from medcam.evaluate.config import EvaluationConfig, ModelSection
 from medcam.evaluate.results import RESULTS, SETTINGS, SHARDS, Shard, check_written_settings
 from medcam.evaluate.runner import Progress, finalize, run_evaluation
 from medcam.models.checkpoint import DEMO_CHECKPOINT, ModelBundle, load_checkpoint
+from medcam.review.folders import MARKER, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,36 @@ def parse_shard(text: str) -> Shard:
     return Shard(int(match.group(1)), int(match.group(2)))
 
 
-def prepare_folder(folder: Path, *, overwrite: bool) -> None:
-    """Start afresh with ``overwrite`` (only an evaluation folder is ever deleted); else resume."""
+def prepare_folder(folder: Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Start afresh with ``overwrite`` (only an evaluation folder is ever deleted); else resume.
+
+    An evaluation folder holds ``evaluation.json`` or medcam's output marker; one that
+    holds an input (the data root, the checkpoint) or is a symbolic link is never deleted.
+    """
     if folder.exists() and not folder.is_dir():
         raise UserError(f"output {folder} is a file, not a folder; choose another --out")
-    if not overwrite or not folder.exists():
-        return
-    if any(folder.iterdir()) and not (folder / SETTINGS).exists():
+    if overwrite and folder.exists():
+        _clear(folder, inputs)
+    fresh = not folder.exists() or not any(folder.iterdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    if fresh or (folder / SETTINGS).exists():
+        write_marker(folder)  # an evaluation folder: a later --overwrite recognises it
+
+
+def _clear(folder: Path, inputs: Sequence[str | Path | None]) -> None:
+    if folder.is_symlink():
+        raise UserError(f"--overwrite would delete through the symbolic link {folder}; choose another --out")
+    if any(folder.iterdir()) and not (folder / SETTINGS).exists() and not (folder / MARKER).exists():
         raise UserError(
             f"--overwrite would delete {folder}, which is not an evaluation folder (no {SETTINGS}); "
             "choose another --out"
         )
+    real = folder.resolve()
+    for given in inputs:
+        if given is not None and (real == Path(given).resolve() or real in Path(given).resolve().parents):
+            raise UserError(
+                f"--overwrite would delete the input {given}, which is inside {folder}; choose another --out"
+            )
     shutil.rmtree(folder)
 
 
@@ -110,6 +130,7 @@ def run_config(
     bundle, model_id = load_network(config.model, int(os.environ.get("LOCAL_RANK", "0")) if distributed else 0)
     samples = open_samples(config, bundle.meta)  # config and data errors surface before any folder is touched
     context = {"model": model_id, **config.context()}
+    inputs = [config.data.root, config.model.checkpoint]
     device = next(bundle.model.parameters()).device
     if not distributed:
         if overwrite and shard.world > 1:
@@ -117,13 +138,13 @@ def run_config(
                 "--overwrite cannot be combined with --shard (other shards may be running); "
                 "delete the folder before starting the shards"
             )
-        prepare_folder(folder, overwrite=overwrite)
+        prepare_folder(folder, overwrite=overwrite, inputs=inputs)
         return _run(bundle, samples, config, folder, shard, progress, context, report=shard.world == 1)
     import torch.distributed as dist
 
     with _process_group(device):
         if shard.rank == 0:
-            prepare_folder(folder, overwrite=overwrite)
+            prepare_folder(folder, overwrite=overwrite, inputs=inputs)
         dist.barrier()  # nobody writes before rank 0 has cleared the folder
         _run(bundle, samples, config, folder, shard, progress, context, report=False)
         dist.barrier()  # every shard has written its .done marker

@@ -27,7 +27,7 @@ from medcam.core.targets import parse_pixel_set
 from medcam.errors import UserError
 from medcam.evaluate.settings import EvaluationSettings, reject_unknown
 from medcam.methods.registry import create_method
-from medcam.train.config import DATASET_KINDS, ConfigError, DatasetConfig, build
+from medcam.train.config import DATASET_KINDS, ConfigError, DatasetConfig, build, yaml_problem
 
 # target.class values that are not class names (classifiers only)
 PREDICTED_CLASS = "predicted"
@@ -206,6 +206,6 @@ def load_config(path: str | Path) -> EvaluationConfig:
         raise UserError(f"evaluation config {path} does not exist; the shipped ones are configs/eval_*.yaml")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid YAML ({yaml_problem(err)})") from None
     return parse_config(data, path.stem)

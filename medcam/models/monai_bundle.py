@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from medcam.models.checkpoint import CheckpointError, CheckpointMeta, ModelBundle, Preprocessing
+from medcam.models.checkpoint import CheckpointError, CheckpointMeta, ModelBundle, Preprocessing, check_container
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 # steps that only load, convert type or add the channel axis: nothing to replay
@@ -144,6 +144,7 @@ def load_monai_bundle(folder: str | Path, device: str | torch.device = "cpu") ->
     except Exception as err:  # the parser raises whatever the config's own code raises
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BundleError(f"{config}: MONAI could not build network_def ({first})") from err
+    check_container(weights)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

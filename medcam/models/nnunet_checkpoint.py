@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medcam.models.checkpoint import CheckpointError
+from medcam.models.checkpoint import CheckpointError, check_container
 
 
 class NNUNetError(CheckpointError):
@@ -86,6 +86,7 @@ def read_nnunet_checkpoint(path: str | Path) -> NNUNetCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise NNUNetError(f"nnU-Net checkpoint {path} does not exist; is training of this fold finished?")
+    check_container(path)  # a compressed zip or a non-PyTorch file is refused before torch.load reads it
     try:
         with _numpy_scalars_allowed():
             payload = torch.load(path, map_location="cpu", weights_only=True)

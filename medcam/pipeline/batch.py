@@ -17,7 +17,7 @@ from medcam.errors import UserError
 from medcam.models.loading import LoadedModel, ModelSource, check_device, load_model
 from medcam.pipeline.options import ExplainOptions
 from medcam.pipeline.volume import explain_volume
-from medcam.review.folders import OutputError, check_output
+from medcam.review.folders import OutputError, check_output, is_medcam_output, output_path
 from medcam.volumes.io import is_image_file, strip_suffix
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def cases_from_folder(folder: str | Path) -> list[Case]:
                 cases.append(Case(entry.name, entry))  # maybe a DICOM series; checked when read
     if not cases:
         raise UserError(f"--folder {folder} holds no images (.nii.gz, .nrrd, .mha, .png, .jpg or case folders)")
+    check_case_ids(cases, f"--folder {folder}")
     return cases
 
 
@@ -82,32 +83,82 @@ def cases_from_datalist(path: str | Path) -> list[Case]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"--datalist {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"--datalist {path} is not readable JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise UserError(f"--datalist {path} is not readable JSON ({reason})") from None
     if isinstance(data, Mapping):
-        entries = [e for key in ("cases", "training", "validation", "test") for e in data.get(key, [])]
+        entries = []
+        for key in ("cases", "training", "validation", "test"):
+            part = data.get(key, [])
+            if not isinstance(part, list):
+                raise UserError(f"--datalist {path}: {key!r} must be a list of cases, not {type(part).__name__}")
+            entries.extend(part)
     elif isinstance(data, list):
         entries = data
     else:
         raise UserError(f"--datalist {path} must hold a list of cases or a Decathlon-style object")
-    cases, seen = [], set()
+    cases = []
     for entry in entries:
         image = entry.get("image") if isinstance(entry, Mapping) else entry
-        if not isinstance(image, str):
-            raise UserError(f"--datalist entry {entry!r} has no image path")
+        if not isinstance(image, str) or not image:
+            raise UserError(f"--datalist entry {_short(entry)} has no image path")
         full = (path.parent / image).resolve() if not Path(image).is_absolute() else Path(image)
-        case_id = entry.get("id") if isinstance(entry, Mapping) and entry.get("id") else None
+        case_id = entry.get("id") if isinstance(entry, Mapping) and entry.get("id") is not None else None
         if case_id is None:
             case_id = re.sub(r"_0000$", "", strip_suffix(full.name))
             if case_id == "imaging":
                 case_id = full.parent.name
-        if case_id in seen:
-            continue
-        seen.add(case_id)
+        elif isinstance(case_id, bool) or not isinstance(case_id, (str, int)):
+            raise UserError(f"--datalist entry {_short(entry)}: 'id' must be a text or a number")
         cases.append(Case(str(case_id), full))
     if not cases:
         raise UserError(f"--datalist {path} lists no cases")
+    check_case_ids(cases, f"--datalist {path}")
     return cases
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_case_ids(cases: Sequence[Case], source: str = "the batch") -> None:
+    """Every case id names one folder directly inside ``--out``, and no two ids name the same one.
+
+    Refused: empty ids, ``.``/``..``, path separators, control characters, a leading
+    ``.`` (hidden; medcam's temporary folders are hidden) and ids that differ only in
+    case (one folder on case-insensitive file systems).
+    """
+    seen: dict[str, str] = {}
+    for case in cases:
+        problem = case_id_problem(case.id)
+        if problem:
+            raise UserError(
+                f"{source}: case id {case.id!r} {problem}; give the case a plain name (letters, digits, _-.)"
+            )
+        key = case.id.casefold()
+        if key in seen:
+            raise UserError(
+                f"{source}: case id {case.id!r} appears twice (also as {seen[key]!r}); give each case a unique id"
+            )
+        seen[key] = case.id
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot be the name of a case folder, or ``None``."""
+    if not case_id.strip():
+        return "is empty"
+    if case_id in (".", ".."):
+        return "would name the output folder's parent or itself"
+    if "/" in case_id or "\\" in case_id or os.sep in case_id:
+        return "contains a path separator, so it would write outside --out"
+    if any(ord(c) < 32 or ord(c) == 127 for c in case_id):
+        return "contains a control character"
+    if case_id.startswith("."):
+        return "starts with '.' (hidden folders are medcam's temporary ones)"
+    if len(case_id.encode("utf-8")) > 200:
+        return "is longer than 200 bytes"
+    return None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -144,9 +195,10 @@ def explain_batch(
         options = ExplainOptions.from_keywords(**settings)
     elif settings:
         raise TypeError(f"give explain options either as options= or as keywords, not both ({sorted(settings)})")
-    out = Path(out).absolute()
+    out = output_path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
+    check_case_ids(cases)
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
     if options.device == "cuda" and world_size > 1:
@@ -158,18 +210,20 @@ def explain_batch(
     loaded: LoadedModel | None = None
     for case in mine:
         target = out / case.id
-        if (target / "summary.json").is_file() and not overwrite:
+        if is_medcam_output(target) and (target / "summary.json").is_file() and not overwrite:
             report.skipped.append(case.id)
             continue
         try:
-            if target.exists() and not (target / "summary.json").is_file() and not overwrite:
-                raise OutputError(f"{target} exists but is not a medcam output; move it or pass --overwrite")
+            if target.parent != out or target.is_symlink():
+                raise OutputError(f"{target} is a symbolic link or outside --out {out}; medcam does not write there")
+            if target.exists() and not overwrite:
+                raise OutputError(f"{target} exists but is not a finished medcam output; move it or pass --overwrite")
             if loaded is None:
                 loaded = load_model(model, check_device(options.device))
             explanation = explain_volume(case.image, class_name=class_name, model=loaded, options=options)
             explanation.save(target, overwrite=overwrite)
             report.done.append(case.id)
         except UserError as err:
-            logger.error("case %s: %s", case.id, err)
+            logger.info("case %s failed: %s", case.id, err)  # the CLI prints each failure once
             report.failed[case.id] = str(err)
     return report

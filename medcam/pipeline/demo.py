@@ -73,13 +73,15 @@ def run_demo(
     from medcam.data.synthetic import write_kits_case
     from medcam.models.checkpoint import DEMO_CHECKPOINT
     from medcam.pipeline import explain_case
-    from medcam.review.folders import check_output
+    from medcam.review.folders import check_output, output_path, write_marker
 
     start = time.perf_counter()
-    out = Path(out).absolute()
+    out = output_path(out)
     check_output(out, overwrite=overwrite)
     previous = _move_aside(out) if out.exists() else None
     try:
+        out.mkdir(parents=True)
+        write_marker(out)  # a medcam output: a later --overwrite may replace it
         # written in place (not renamed afterwards): the Slicer scene refers to the phantom by its path
         case = write_kits_case(out / "phantom", 0, seed=seed)
         explanation = explain_case(

@@ -56,6 +56,8 @@ class ExplainOptions:
     built: CAMMethod = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise UserError(f"seed {self.seed!r} must be an integer from 0 to 2**64-1")
         object.__setattr__(self, "built", build_method(self.method, self.method_options))
 
     @classmethod

@@ -341,6 +341,7 @@ def explain_case(
     **settings: Any,
 ) -> Path:
     """Explain one image and write its review folder ``out`` (the CLI's ``--volume``/``--image``)."""
-    check_output(out, overwrite=overwrite)
+    inputs = [v for v in (volume, model) if isinstance(v, (str, Path))]
+    check_output(out, overwrite=overwrite, inputs=inputs)
     explanation = explain_volume(volume, class_name=class_name, model=model, options=options, **settings)
     return explanation.save(out, overwrite=overwrite)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medcam.models.levels import level_order
-from medcam.review.folders import atomic_folder, check_output
+from medcam.review.folders import atomic_folder, check_output, output_path
 from medcam.review.montage import Montage, level_note, render_montage
 from medcam.review.preview import (
     DEFAULT_THRESHOLD,
@@ -99,11 +100,12 @@ class VolumeExplanation:
         return self.maps[self.primary]
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the review folder atomically (temporary folder, then rename)."""
-        out = Path(out).absolute()
-        check_output(out, overwrite=overwrite)
+        """Write the review folder atomically (temporary folder, then rename); never over its own input."""
+        out = output_path(out)
+        inputs = [self.volume.path]
+        check_output(out, overwrite=overwrite, inputs=inputs)
         start = time.perf_counter()
-        with atomic_folder(out, overwrite=overwrite) as tmp:
+        with atomic_folder(out, overwrite=overwrite, inputs=inputs) as tmp:
             outputs = self._write(tmp, final=out)
             summary = dict(self.summary)
             timings = dict(summary.get("timings_s", {}))
@@ -258,7 +260,7 @@ class VolumeExplanation:
             and volume.channels == 1
         )
         if single_file:
-            scene_image = str(volume.path.absolute())
+            scene_image = _relative(volume.path, final)  # the folder may move along with its input
             image_suffix = _suffix(volume.path.name)
             bundle_image: Path | bytes = volume.path
         else:
@@ -312,6 +314,15 @@ class VolumeExplanation:
         if not single_file:
             written["image_copy"] = "image.nrrd"
         return written
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` (``../case/imaging.nii.gz``), or absolute across drives."""
+    try:
+        # by name, not resolving links: the path the user gave, seen from the folder
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))  # noqa: PTH100
+    except ValueError:  # another drive on Windows
+        return str(Path(path).absolute())
 
 
 def _suffix(name: str) -> str:

@@ -17,6 +17,7 @@ relative to it; ours holds ``review/review.mrml`` and ``review/Data/*``.
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from medcam.version import __version__
 from medcam.volumes.geometry import ItkGeometry
 
-SLICER_VERSION = "Slicer5.6.2"
+# the MRML header names what wrote the scene (Slicer writes its own name and version there)
+WRITER = f"medcam {__version__}"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Slicer's default layout colours and orientation presets (rows of the 3x3 matrices)
 _VIEWS = {
@@ -121,7 +124,7 @@ def _num(values: Sequence[float] | np.ndarray) -> str:
 
 def scene_xml(scene: ReviewScene) -> str:
     """The MRML text of ``scene``."""
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>', f'<MRML version="{SLICER_VERSION}" userTags="">']
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', f'<MRML version="{WRITER}" userTags="">']
     focus = scene.focus_ras
     fov = scene.field_of_view()
     thickness = float(min(scene.geometry.spacing))
@@ -234,7 +237,11 @@ def scene_xml(scene: ReviewScene) -> str:
 
 
 def load_script(scene: ReviewScene, folder: str) -> str:
-    """``load_in_slicer.py``: the same view set up from Slicer's Python console."""
+    """``load_in_slicer.py``: the same view set up from Slicer's Python console.
+
+    Paths and names are data, never code: they reach the script as one JSON text in a
+    Python string literal (``repr``), and in its comments only as ``repr`` (one line).
+    """
     overlays = {
         o.name: {
             "file": o.file,
@@ -245,34 +252,42 @@ def load_script(scene: ReviewScene, folder: str) -> str:
         }
         for o in scene.overlays
     }
-    segmentation = repr(scene.segmentation_file)
-    window = repr(list(scene.image_window)) if scene.image_window else "None"
+    data = {
+        "folder": folder,
+        "image": scene.image_file,
+        "image_window": list(scene.image_window) if scene.image_window else None,
+        "overlays": overlays,
+        "segmentation": scene.segmentation_file,
+        "focus_ras": list(scene.focus_ras),
+    }
     short = [_short_name(o.file) for o in scene.overlays]
-    return f'''"""Show a medcam explanation in 3D Slicer.
+    script = str(Path(folder) / "load_in_slicer.py")
+    return f'''# Show a medcam explanation in 3D Slicer.
+#
+# In Slicer's Python console:  exec(open({script!r}).read())
+# or start Slicer with:        Slicer --python-script load_in_slicer.py
+# Afterwards show(name) puts another overlay in the foreground: {", ".join(repr(n) for n in overlays)}
+# (or by file name: {", ".join(repr(n) for n in short)}), e.g. show({short[min(1, len(short) - 1)]!r}).
+# (Dragging review.mrb onto Slicer gives the same view without this script.)
 
-In Slicer's Python console:  exec(open(r"{folder}/load_in_slicer.py").read())
-or start Slicer with:        Slicer --python-script load_in_slicer.py
-Afterwards show(name) puts another overlay in the foreground: {", ".join(overlays)}
-(or by file name: {", ".join(short)}), e.g. show("{short[min(1, len(short) - 1)]}").
-(Dragging review.mrb onto Slicer gives the same view without this script.)
-"""
-
+import json
 import os
 
 import slicer
 
-FOLDER = r"{folder}"
+SCENE = json.loads({json.dumps(data, sort_keys=True)!r})
+FOLDER = SCENE["folder"]
 if not os.path.isdir(FOLDER) and "__file__" in globals():
     FOLDER = os.path.dirname(os.path.abspath(__file__))
-IMAGE = r"{scene.image_file}"
-IMAGE_WINDOW = {window}
-OVERLAYS = {overlays!r}
-SEGMENTATION = {segmentation}
-FOCUS_RAS = {list(scene.focus_ras)!r}
+IMAGE = SCENE["image"]
+IMAGE_WINDOW = SCENE["image_window"]
+OVERLAYS = SCENE["overlays"]
+SEGMENTATION = SCENE["segmentation"]
+FOCUS_RAS = SCENE["focus_ras"]
 
 
 def _path(name):
-    return name if os.path.isabs(name) else os.path.join(FOLDER, name)
+    return name if os.path.isabs(name) else os.path.normpath(os.path.join(FOLDER, name))
 
 
 image = slicer.util.loadVolume(_path(IMAGE), {{"name": "image", "show": False}})

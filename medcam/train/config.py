@@ -201,8 +201,21 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key}: the value is not valid YAML ({yaml_problem(err)})") from None
     return data
+
+
+def yaml_problem(err: BaseException) -> str:
+    """A YAML parser's message of several lines as one: the problem and where it is."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -214,8 +227,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         raise ConfigError(f"config {path} does not exist; the shipped ones are in configs/")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (name, task, dataset, model, ...)")
     config: ExperimentConfig = build(ExperimentConfig, apply_overrides(data, overrides))

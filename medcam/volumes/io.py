@@ -28,6 +28,15 @@ import numpy as np
 
 from medcam.errors import UserError
 from medcam.volumes.geometry import ItkGeometry, axis_codes, voxel_spacing
+from medcam.volumes.guards import (
+    HeaderError,
+    check_affine,
+    check_itk_information,
+    check_nifti_header,
+    check_series_files,
+    quiet_libraries,
+    read_nifti_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ _SUFFIXES: dict[str, Format] = {
     ".jpg": "image",
     ".jpeg": "image",
 }
+
+
+# pictures larger than this (Pillow's own default limit) are refused before decoding
+MAX_PICTURE_PIXELS = 89_478_485
 
 
 class VolumeError(UserError):
@@ -151,18 +164,28 @@ def strip_suffix(name: str) -> str:
 
 def load_volume(path: str | Path, *, allow_nonfinite: bool = False) -> Volume:
     """Read an image with its geometry; every problem is a :class:`VolumeError` naming the fix."""
+    if not str(path).strip():
+        raise VolumeError("the image path is empty; name an image file or a DICOM folder")
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path} does not exist; check the path")
+    if not path.is_dir() and not path.is_file():
+        raise VolumeError(f"{path} is not a regular file (a pipe or a device?); give an image file")
     kind = volume_format(path)
-    if kind == "nifti":
-        volume = _read_nifti(path)
-    elif kind == "image":
-        volume = _read_picture(path)
-    elif kind == "dicom":
-        volume = _read_dicom(path)
-    else:
-        volume = _read_itk(path, kind)
+    try:
+        with quiet_libraries():
+            if kind == "nifti":
+                volume = _read_nifti(path)
+            elif kind == "image":
+                volume = _read_picture(path)
+            elif kind == "dicom":
+                volume = _read_dicom(path)
+            else:
+                volume = _read_itk(path, kind)
+    except HeaderError as err:
+        raise VolumeError(f"{path} {err}") from None
+    except MemoryError:
+        raise VolumeError(f"{path} does not fit in memory; crop or resample it first") from None
     if volume.array.size == 0:
         raise VolumeError(f"{path} contains no voxels (shape {volume.array.shape})")
     if not allow_nonfinite:
@@ -229,7 +252,17 @@ def _spatial(array: np.ndarray, path: Path, file_shape: tuple[int, ...]) -> np.n
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
-    errors = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError)
+    check_nifti_header(read_nifti_header(path), path)  # before nibabel allocates anything
+    errors = (
+        OSError,
+        EOFError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+        OverflowError,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    )
     try:
         img = nib.load(str(path))
     except errors as err:
@@ -242,6 +275,7 @@ def _read_nifti(path: Path) -> Volume:
         raise VolumeError(f"cannot read the voxels of {path} ({err}); is the file truncated or corrupt?") from err
     file_shape = tuple(int(s) for s in img.shape)
     array = _spatial(np.asarray(data), path, file_shape)
+    check_affine(np.asarray(img.affine, dtype=float), array.ndim)
     header = img.header.copy()
     notes: list[str] = []
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
@@ -286,13 +320,43 @@ def _from_itk_image(image: Any, path: Path, kind: Format) -> Volume:
 def _read_itk(path: Path, kind: Format) -> Volume:
     import SimpleITK as sitk  # noqa: N813 - the name everyone uses
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
         with quiet_itk():
-            image = sitk.ReadImage(str(path))
+            reader.ReadImageInformation()
+            single_file = not path.name.lower().endswith((".nhdr", ".mhd"))
+            _check_itk_reader(reader, path.stat().st_size if single_file else None)
+            image = reader.Execute()
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-        raise VolumeError(f"cannot read {path} ({first}); is the file truncated or corrupt?") from err
+        raise VolumeError(f"cannot read {path} ({_itk_message(err)}); is the file truncated or corrupt?") from None
     return _from_itk_image(image, path, kind)
+
+
+def _itk_message(err: BaseException) -> str:
+    """The last informative line of an ITK exception (they span several lines)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "unknown error"
+
+
+def _check_itk_reader(reader: Any, file_bytes: int | None) -> None:
+    """Refuse complex voxels and impossible geometry from the header ITK read, before the voxels."""
+    import SimpleITK as sitk  # noqa: N813 - the name everyone uses
+
+    if reader.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise HeaderError(
+            "is a complex image; medcam explains real intensities, so save the magnitude (abs) or the real part"
+        )
+    if reader.GetDimension() not in (2, 3):
+        raise HeaderError(f"is a {reader.GetDimension()}D image; medcam explains one 2D or 3D image")
+    check_itk_information(
+        reader.GetSize(),
+        reader.GetSpacing(),
+        reader.GetDirection(),
+        reader.GetOrigin(),
+        reader.GetNumberOfComponents(),
+        file_bytes,
+    )
 
 
 def _read_dicom(folder: Path) -> Volume:
@@ -307,7 +371,11 @@ def _read_dicom(folder: Path) -> Volume:
             f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); "
             "point --volume at a folder with exactly one series"
         )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    with quiet_itk():
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    if len(files) > 1:  # a single (enhanced, multi-frame) file has no per-file slice positions to compare
+        unread = sorted({p.name for p in folder.iterdir() if p.is_file()} - {Path(f).name for f in files})
+        _check_series(folder, files, unread)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -315,8 +383,21 @@ def _read_dicom(folder: Path) -> Volume:
             # one file is an enhanced (multi-frame) image: GDCM stacks its frames itself
             image = sitk.ReadImage(files[0]) if len(files) == 1 else reader.Execute()
     except RuntimeError as err:
-        raise VolumeError(f"cannot read the DICOM series in {folder} ({str(err).strip()[-200:]})") from err
+        raise VolumeError(f"cannot read the DICOM series in {folder} ({_itk_message(err)})") from None
+    try:
+        check_itk_information(image.GetSize(), image.GetSpacing(), image.GetDirection(), image.GetOrigin(), 1, None)
+    except HeaderError as err:
+        raise VolumeError(f"the DICOM series in {folder} {err}") from None
     return _from_itk_image(image, folder, "dicom")
+
+
+def _check_series(folder: Path, files: list[str], unread: list[str]) -> None:
+    """Refuse a series with duplicate, missing or unequally spaced slices (ImagePositionPatient)."""
+    try:
+        check_series_files(files)
+    except HeaderError as err:
+        hint = f" (unreadable files left out: {', '.join(unread[:3])})" if unread else ""
+        raise VolumeError(f"the DICOM series in {folder} {err}{hint}") from None
 
 
 def _read_picture(path: Path) -> Volume:
@@ -324,13 +405,24 @@ def _read_picture(path: Path) -> Volume:
 
     try:
         with Image.open(path) as img:
+            width, height = img.size  # from the header: check before the pixels are decoded
+            limit = Image.MAX_IMAGE_PIXELS or MAX_PICTURE_PIXELS
+            if width * height > limit:
+                raise VolumeError(
+                    f"{path} is {width} x {height} pixels, more than {limit:,} "
+                    "(a decompression bomb, or a picture to downsample first)"
+                )
+            if min(width, height) < 2:
+                raise VolumeError(f"{path} is {width} x {height} pixels; medcam needs at least 2 x 2")
             img.load()
             mode = img.mode
             if mode in ("L", "I", "I;16", "I;16B", "F"):
                 pixels = np.asarray(img, dtype=np.float32)[..., None]
             else:
                 pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+    except VolumeError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise VolumeError(f"cannot read {path} as an image ({err}); is the file truncated or corrupt?") from err
     # (H, W, C) -> (C, W, H): index i is the column, as ITK and MONAI read it
     array = np.ascontiguousarray(np.transpose(pixels, (2, 1, 0)))
