@@ -191,3 +191,20 @@ def test_checkpoint_pickled_under_numpy_1_names(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"numpy\.core\.multiarray\.scalar"):
         torch.load(old, weights_only=True)
     torch.testing.assert_close(read_nnunet_checkpoint(old).weights["w"], torch.ones(2))
+
+
+def test_compressed_checkpoint_is_refused_before_loading(tmp_path: Path, results: Path) -> None:
+    import zipfile
+
+    from medcam.models.checkpoint import CheckpointError
+
+    folder = tmp_path / "trained"
+    shutil.copytree(results, folder)
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    with zipfile.ZipFile(path) as source:
+        entries = {name: source.read(name) for name in source.namelist()}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name, data in entries.items():
+            target.writestr(name, data)
+    with pytest.raises(CheckpointError, match="compressed zip archive"):
+        load_nnunet(folder, folds="0")
