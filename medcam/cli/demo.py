@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom case (default: 0)")
     parser.add_argument("--method", default="hirescam", help="CAM method (default: hirescam)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

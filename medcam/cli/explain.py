@@ -9,6 +9,9 @@ under ``torchrun`` every rank takes its share of the cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -51,9 +54,16 @@ def add_parser(sub: Any) -> None:
         help="auto | levels | levels:enc1,bottleneck | module path(s), comma-separated (default: auto)",
     )
     add_level_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: medcam_<input name>)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: medcam_<case>: the KiTS case folder of .../case_XXXXX/imaging.nii.gz, "
+        "the DICOM series folder, else the file name without its suffix)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument(
         "--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending (default: gaussian)"
@@ -96,17 +106,28 @@ def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: 
 
 def level_layer(args: argparse.Namespace) -> str:
     """The layer spec of ``--layer`` and ``--levels`` (which must not both be given)."""
-    from medcam.api import layer_names
-    from medcam.errors import UserError
+    from medcam.pipeline.options import levels_layer
 
-    if args.levels is None:
-        return str(args.layer)
-    if args.layer != "auto":
-        raise UserError(f"give --levels or --layer, not both (got --levels {args.levels} and --layer {args.layer})")
-    names = layer_names(args.levels)
-    if not names:
-        raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
-    return "levels" if names == ["all"] else "levels:" + ",".join(names)
+    return str(args.layer) if args.levels is None else levels_layer(args.levels, args.layer)
+
+
+def case_name(path: str) -> str:
+    """The case an input file belongs to, as batches name it, so single runs on different cases never collide.
+
+    A DICOM series folder is named by the folder, KiTS's ``case_00042/imaging.nii.gz`` by
+    its case folder (every KiTS case is ``imaging.nii.gz``), any other file by its name
+    without the image suffix (and without nnU-Net's channel suffix ``_0000``).
+    """
+    import re
+    from pathlib import Path
+
+    from medcam.volumes.io import strip_suffix
+
+    file = Path(path).absolute()
+    if file.is_dir():
+        return file.name
+    name = re.sub(r"_0000$", "", strip_suffix(file.name))
+    return file.parent.name if name == "imaging" and file.parent.name else name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,20 +137,23 @@ def run(args: argparse.Namespace) -> int:
     from medcam import pipeline
     from medcam.cli.method_options import parse_method_options
     from medcam.errors import UserError
-    from medcam.review.montage import Montage
 
-    # one options object per run; building it builds the method, so a bad method or option stops here
+    # one options object per run, field by field the CLI options (ExplainOptions' docstring);
+    # building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(
         method=args.method or pipeline.DEFAULT_METHOD,
         method_options=parse_method_options(args.method_options),
         pixels=args.pixels,
-        layer=level_layer(args),
-        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
+        layer=args.layer,
+        levels=args.levels,
+        montage_scale=args.montage_scale,
+        montage_slices=args.montage_slices,
+        montage_crop=args.montage_crop,
         device=args.device,
         overlap=args.overlap,
         blend=args.blend,
         window_batch=args.window_batch,
-        normalize=None if args.normalize == "none" else args.normalize,
+        normalize=args.normalize,
         relu=not args.no_relu,
         seed=args.seed,
         progress=not args.no_progress,
@@ -137,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     )
     single = args.volume or args.image
     if single is not None:
-        out = Path(args.out) if args.out else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
+        out = Path(args.out) if args.out else Path(f"medcam_{case_name(single)}")
         written = pipeline.explain_case(
             single, out, class_name=args.class_name, overwrite=args.overwrite, model=args.model, options=options
         )
@@ -149,16 +173,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--datalist and --folder need --out DIR (one sub-folder per case is written there)")
     cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)
     rank, world = pipeline.rank_and_world()
-    report = pipeline.explain_batch(
-        cases,
-        args.out,
-        class_name=args.class_name,
-        overwrite=args.overwrite,
-        rank=rank,
-        world_size=world,
-        model=args.model,
-        options=options,
-    )
+    with _reported_here("medcam.pipeline.batch"):
+        report = pipeline.explain_batch(
+            cases,
+            args.out,
+            class_name=args.class_name,
+            overwrite=args.overwrite,
+            rank=rank,
+            world_size=world,
+            model=args.model,
+            options=options,
+        )
     prefix = f"medcam[{rank}/{world}]" if world > 1 else "medcam"
     print(
         f"{prefix}: {len(report.done)} explained, {len(report.skipped)} already done, "
@@ -167,3 +192,18 @@ def run(args: argparse.Namespace) -> int:
     for case_id, message in report.failed.items():
         print(f"{prefix}: error: case {case_id}: {message}", file=sys.stderr)
     return 2 if report.failed else 0
+
+
+@contextlib.contextmanager
+def _reported_here(logger_name: str) -> Iterator[None]:
+    """Drop the library's per-case error log lines: the CLI prints each failed case once, below."""
+    logger = logging.getLogger(logger_name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(layer.name) for layer in info["layers"])
     for layer in info["layers"]:
         grid = " x ".join(str(g) for g in layer.grid)
-        scale = "/".join(_fraction(s) for s in dict.fromkeys(layer.scale))
+        # one factor when isotropic, else one per axis (DynUNet's anisotropic strides: "1/2 x 1/4 x 1/4")
+        unique = dict.fromkeys(layer.scale)
+        scale = " x ".join(_fraction(s) for s in (unique if len(unique) == 1 else layer.scale))
         voxel = f", {' x '.join(f'{v:g}' for v in layer.voxel_mm)} mm" if layer.voxel_mm else ""
         path = f"  {layer.path}" if layer.path != layer.name else ""
         print(f"  {layer.name:<{width}}  {layer.channels:>4} ch  {grid:<12} ({scale}{voxel}){path}")

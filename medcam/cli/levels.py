@@ -51,7 +51,9 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help="also write the review folder (montage, level maps, summary)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument("--window-batch", type=int, default=1, help="windows per forward/backward pass (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -60,7 +62,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medcam.pipeline.recommend import recommend_case
-    from medcam.review.montage import Montage
 
     # module paths (comma-separated) are split by the pipeline, as for medcam explain --layer
     layer = "levels" if args.levels is None and args.layer == "auto" else level_layer(args)
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         window_batch=args.window_batch,
         progress=not args.no_progress,
-        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
+        montage_scale=args.montage_scale,
+        montage_slices=args.montage_slices,
+        montage_crop=args.montage_crop,
     )
     ranking = result.ranking
     summary = result.explanation.summary

@@ -53,14 +53,16 @@ def load_model(model: ModelSource, device: str = "cpu") -> LoadedModel:
 
 
 def check_device(device: str) -> str:
-    """``cpu`` or ``cuda[:N]`` (CUDA must be present)."""
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]`` (CUDA must be present) -> the device."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {device} was asked for but CUDA is not available here; use --device cpu")
         return device
-    raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+    raise UserError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
 
 
 def sha256(path: Path) -> str:
