@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
     source.add_argument("--datalist", metavar="JSON", help="a JSON list of cases (or a Decathlon datalist)")
     source.add_argument("--folder", metavar="DIR", help="explain every image (or case folder) in DIR")
     parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
-    parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default: the shipped demo model)")
+    parser.add_argument("--model", metavar="CKPT", help="medcam checkpoint (default, or demo: the shipped demo model)")
     parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
     parser.add_argument(
         "--method-option",
@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="an option of --method, repeatable; VALUE is read as JSON when it parses, else as text, e.g. "
-        '--method-option fusion=median --method-option views=\'["identity","flip:0"]\' '
+        '--method-option fusion=median --method-option views=\'["identity","flip:2"]\' '
         "(an unknown KEY lists the method's options)",
     )
     parser.add_argument(

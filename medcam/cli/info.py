@@ -13,7 +13,9 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("info", help="list CAM methods, or a checkpoint's classes, layers and levels")
-    parser.add_argument("--model", metavar="CKPT", help="a medcam checkpoint to describe")
+    parser.add_argument(
+        "--model", metavar="CKPT", help="a medcam checkpoint to describe (demo: the shipped demo model)"
+    )
     parser.add_argument("--all-layers", action="store_true", help="list every module with its output shape")
 
 

@@ -28,7 +28,7 @@ Combine = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Shared post-processing: ReLU on/off and the normalisation (METHODS.md order)."""
+    """Shared post-processing: ReLU on/off and the normalisation (the order of docs/methods.md)."""
 
     relu: bool = True
     normalization: Normalization = "minmax"

@@ -1,7 +1,7 @@
 """Ensemble methods: a gradient map and a region map combined by their contribution to the score.
 
 Fusion-CAM (Dekdegue et al. 2026) and its baseline Union-CAM (Hu et al. 2024).
-Formulas and medcam's deviations: ../shared/METHODS.md, section "Fusion".
+Formulas and medcam's deviations: docs/methods-region-fusion.md, "Fusion-CAM".
 
 The contribution of a map L is ``beta(L) = f_c(I_b + L * (X - I_b)) - f_c(I_b)``,
 f_c the target's probability (softmax of class c; segmentation: mean class-c
@@ -52,7 +52,7 @@ GRADIENT_PARTS: dict[str, type[GradientMethod]] = {
 }
 REGION_PARTS: tuple[str, ...] = (ScoreCAM.name, GroupCAM.name)
 
-# maps inside an ensemble are ReLU'd and min-max normalised (METHODS.md); the user's
+# maps inside an ensemble are ReLU'd and min-max normalised (docs/methods-region-fusion.md); the user's
 # post-processing applies to the result only
 INTERNAL = PostProcessing(relu=True, normalization="minmax")
 

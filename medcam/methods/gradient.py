@@ -2,7 +2,7 @@
 
 With a :class:`~medcam.core.targets.SegmentationTarget` Grad-CAM is Seg-Grad-CAM
 (Vinogradova et al. 2020) and HiResCAM is Seg-HiRes-Grad CAM (Rheude et al.).
-Formulas: ../shared/METHODS.md; notation A_k activations, G_k = dS/dA_k.
+Formulas: docs/methods.md; notation A_k activations, G_k = dS/dA_k.
 """
 
 from __future__ import annotations

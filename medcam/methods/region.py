@@ -3,7 +3,7 @@
 Score-CAM (Wang et al. 2020) and Group-CAM (Zhang et al. 2021). They explain any
 target: the score of a masked input is ``BoundTarget.probability`` (the softmax
 probability of class c, or for segmentation the mean class-c probability over the
-pixel set M fixed on the clean input). Formulas: ../shared/METHODS.md, "Region methods".
+pixel set M fixed on the clean input). Formulas: docs/methods-region-fusion.md.
 
 Every masked input goes through one :class:`ScoreQueue`, which runs the model in
 batches. Speed comes only from work that cannot change the map: constant channels
@@ -426,7 +426,7 @@ class ScoreCAM(RegionMethod):
                     logger.warning("Score-CAM at %s: all channels constant in sample(s) %s; map blank", alias, blank)
                 raw = (weights.view(*weights.shape, *([1] * (acts.ndim - 2))) * acts.float()).sum(dim=1)
                 if not pgc:
-                    # METHODS.md: L = mm(ReLU(sum_k s_k U(A_k))) = mm(ReLU(U(sum_k s_k A_k))), U linear;
+                    # Score-CAM: L = mm(ReLU(sum_k s_k U(A_k))) = mm(ReLU(U(sum_k s_k A_k))), U linear;
                     # the pytorch-grad-cam variant keeps its ReLU before the resize
                     raw = upsample(raw, queue.size)
                 maps[alias] = post.apply(raw, queue.size)

@@ -1,4 +1,4 @@
-"""Measuring explanations: faithfulness, localisation, stability and sanity (METHODS.md, "Metrics").
+"""Measuring explanations: faithfulness, localisation, stability and sanity (docs/metrics.md).
 
 Every metric works on maps shaped ``(N, *spatial)`` at input resolution (what
 ``medcam.explain`` returns), for 2D and 3D inputs, classifiers and segmentation

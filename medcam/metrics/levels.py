@@ -11,7 +11,7 @@ localisation metrics of :mod:`medcam.metrics.localisation`:
 * ``energy_in_region``: share of the map's mass inside the explained pixel set M
   (needs no reference: how much of the explanation stays on what was explained);
 * ``pointing_game``: 1 when the map's maximum lies inside the reference;
-* ``dice``: Dice of ``map > threshold * max`` (default 0.1, METHODS.md) with the reference;
+* ``dice``: Dice of ``map > threshold * max`` (default 0.1, docs/metrics.md) with the reference;
 * ``energy_in_reference``: share of the map's mass inside the reference;
 * ``box_iou``: IoU of the box of the largest region above the threshold with the
   reference's box (Ban's metric).

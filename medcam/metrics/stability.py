@@ -1,4 +1,4 @@
-"""Stability of a map across augmented views (the RobustCAM metrics, METHODS.md).
+"""Stability of a map across augmented views (the RobustCAM metrics, docs/robustcam.md).
 
 ``views`` are the maps of V views of the same N inputs, already warped back to the
 original frame: ``(V, N, *spatial)``. ``valid`` (same shape, optional) marks the

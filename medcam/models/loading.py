@@ -40,14 +40,15 @@ ModelSource = str | Path | ModelBundle | LoadedModel | None
 
 
 def load_model(model: ModelSource, device: str = "cpu") -> LoadedModel:
-    """Load a checkpoint (default: the demo model) onto ``device``; bundles pass through."""
+    """Load a checkpoint (default, or ``"demo"``: the demo model) onto ``device``; bundles pass through."""
     if isinstance(model, LoadedModel):
         return LoadedModel(
             ModelBundle(model.bundle.model.to(device).eval(), model.bundle.meta), model.path, model.sha256
         )
     if isinstance(model, ModelBundle):
         return LoadedModel(ModelBundle(model.model.to(device).eval(), model.meta))
-    path = Path(model) if model is not None else default_model_path()
+    # "demo" names the shipped model, as in evaluation configs (``model: demo``) and ``--model demo``
+    path = default_model_path() if model is None or model == "demo" else Path(model)
     bundle = load_checkpoint(path, device=device)
     return LoadedModel(bundle, path, sha256(path))
 

@@ -293,7 +293,9 @@ def _renormalize(data: np.ndarray, options: ExplainOptions) -> np.ndarray:
         return data.astype(np.float32)
     from medcam.core.ops import normalize as apply
 
-    return apply(torch.from_numpy(np.ascontiguousarray(data))[None], options.normalization)[0].numpy().astype(np.float32)
+    return (
+        apply(torch.from_numpy(np.ascontiguousarray(data))[None], options.normalization)[0].numpy().astype(np.float32)
+    )
 
 
 def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:

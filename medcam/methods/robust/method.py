@@ -16,9 +16,9 @@ run first, in the pass that binds the target. The other (sample, view) rows run
 batched, several sharing one forward and one backward pass; in eval mode the gradient
 of the summed score is each row's own gradient, so batching changes nothing but speed.
 
-The RobustCAM project README (shared/papers/003) defines the method in 2D with
+The RobustCAM project README defines the method in 2D with
 Grad-CAM; the 3D views, the validity mask and the segmentation target are ours
-(METHODS.md, "RobustCAM").
+(docs/robustcam.md).
 
 Why one module of this size: it is one method (views -> base -> warp back -> fuse) with
 its statistics; the views (:mod:`.views`) and the sliding-window protocol (:mod:`.windows`)
