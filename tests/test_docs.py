@@ -15,6 +15,7 @@ The same machinery runs the example of every ``medcam COMMAND --help``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -220,29 +221,31 @@ def test_links_between_pages_resolve() -> None:
 # ---- the example of every `medcam COMMAND --help` -----------------------------------------------
 
 
-def help_examples() -> dict[str, str]:
-    """``{command: script}``: the lines under ``example`` in each subcommand's ``--help`` epilog."""
-    from medcam.cli import COMMANDS, build_parser
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from medcam.cli import build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def help_examples() -> dict[str, str]:
+    """``{command: script}``: the indented lines under ``example`` in each subcommand's ``--help``."""
     examples = {}
-    for command in COMMANDS:
-        text = sub.choices[command].format_help()
-        _, marker, tail = text.partition("example")
-        assert marker, f"medcam {command} --help has no example"
-        lines = [line.strip() for line in tail.splitlines()[1:] if line.startswith("  ")]
+    for command, parser in _subcommands().items():
+        text = parser.format_help()
+        found = re.search(r"^example\b.*$", text, flags=re.MULTILINE)
+        assert found, f"medcam {command} --help has no example"
+        lines = [line.strip() for line in text[found.end() :].splitlines() if line.startswith("  ")]
         examples[command] = "\n".join(lines) + "\n"
     return examples
 
 
 def test_help_has_description_and_example() -> None:
-    from medcam.cli import COMMANDS, build_parser
-
-    parser = build_parser()
-    for command in COMMANDS:
-        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
-        assert sub.description and len(sub.description) > 40, command
+    commands = _subcommands()
+    assert set(commands) == set(HELP_ORDER)
+    for command, parser in commands.items():
+        assert parser.description and len(parser.description) > 40, command
     for command, script in help_examples().items():
         assert "medcam " + command in script, (command, script)
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXAMPLE = """\
+example:
+  medcam demo --out demo_output --overwrite
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
         help="explain a phantom CT's tumour with the shipped demo U-Net and check it against the truth",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")

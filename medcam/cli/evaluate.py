@@ -12,12 +12,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXAMPLE = """\
+example (at the root of a clone: configs/ and training/; first one small held-out phantom):
+  python training/make_synthetic.py kits23 data/eval_kits_phantom --cases 1 --seed 1000 \\
+      --shape 32 64 64 --spacing 5 3.2 3.2
+  medcam evaluate --config configs/eval_kits_phantom.yaml --samples 1 --out runs/eval_example
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "evaluate",
         help="score CAM methods (faithfulness, localisation, sanity) over a dataset split",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, metavar="YAML", help="evaluation config, e.g. configs/eval_x.yaml")

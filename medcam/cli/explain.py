@@ -14,12 +14,18 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+EXAMPLE = """\
+example (after `medcam demo --out demo_output`, which writes a phantom CT to explain):
+  medcam explain --volume demo_output/phantom/case_00000/imaging.nii.gz --class kidney --out kidney_map
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "explain",
         help="explain a class on a volume or image; write heatmap.nii.gz, a Slicer package and a summary",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)

@@ -10,9 +10,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXAMPLE = """\
+example:
+  medcam info --model demo
+"""
+
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("info", help="list CAM methods, or a checkpoint's classes, layers and levels")
+    parser = sub.add_parser(
+        "info",
+        help="list CAM methods, or a checkpoint's classes, layers and levels",
+        description=__doc__,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--model", metavar="CKPT", help="a medcam checkpoint to describe (demo: the shipped demo model)"
     )

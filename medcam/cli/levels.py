@@ -14,12 +14,19 @@ from typing import Any
 
 from medcam.cli.explain import add_level_arguments, level_layer
 
+EXAMPLE = """\
+example (after `medcam demo --out demo_output`, which writes a phantom CT and its truth):
+  medcam levels --volume demo_output/phantom/case_00000/imaging.nii.gz --class tumor \\
+      --reference demo_output/phantom/case_00000/segmentation.nii.gz:2
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "levels",
         help="rank a U-Net's levels by how well their maps localise a reference mask; say which to use",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
