@@ -129,7 +129,7 @@ def levels_layer(levels: str | Sequence[str], layer: str | Sequence[str] = "auto
     from medcam.api import layer_names
 
     if layer != "auto":
-        raise UserError(f"give levels or layer, not both (got --levels {levels} and --layer {layer})")
+        raise UserError(f"give --levels or --layer, not both (got --levels {levels} and --layer {layer})")
     names = layer_names(levels) if isinstance(levels, str) else [str(n).strip() for n in levels if str(n).strip()]
     if not names:
         raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
