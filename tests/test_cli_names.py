@@ -96,3 +96,26 @@ def test_info_prints_anisotropic_level_scales_per_axis(tmp_path: Path, capsys: p
     out = capsys.readouterr().out
     assert "(1/2 x 1/4 x 1/4)" in out  # the bottleneck: slices halved once, rows and columns twice
     assert "1/2/1/4" not in out
+
+
+def test_a_failed_batch_case_is_printed_once(tmp_path: Path, kits_model: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "broken_case.nii.gz").write_bytes(b"not a nifti file")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "medcam", "explain", "--folder", str(folder), "--class", "tumor"]
+        + ["--model", str(kits_model), "--out", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if "broken_case" in line]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("medcam: error: case broken_case:")
