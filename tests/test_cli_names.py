@@ -107,9 +107,9 @@ def test_a_failed_batch_case_is_printed_once(tmp_path: Path, kits_model: Path) -
     folder.mkdir()
     (folder / "broken_case.nii.gz").write_bytes(b"not a nifti file")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "medcam", "explain", "--folder", str(folder), "--class", "tumor"]
     done = subprocess.run(
-        [sys.executable, "-m", "medcam", "explain", "--folder", str(folder), "--class", "tumor"]
-        + ["--model", str(kits_model), "--out", str(tmp_path / "out"), "--no-progress"],
+        [*command, "--model", str(kits_model), "--out", str(tmp_path / "out"), "--no-progress"],
         capture_output=True,
         text=True,
         env=env,
