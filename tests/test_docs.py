@@ -131,6 +131,12 @@ def run_python(code: str, folder: Path, namespace: dict[str, Any], where: str) -
         os.chdir(here)
 
 
+def _cpu_seconds(before: os.times_result) -> float:
+    """CPU time since ``before`` of this process and its finished children (what a block cost)."""
+    now = os.times()
+    return sum(getattr(now, f) - getattr(before, f) for f in ("user", "system", "children_user", "children_system"))
+
+
 def make_folder(base: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
@@ -178,11 +184,13 @@ def test_doc_block(block: Block, page_state: PageState) -> None:
         pytest.fail(f"not run: the block at {page_state.failed} of this page failed", pytrace=False)
     where = f"{block.page}:{block.line}"
     page_state.failed = where  # cleared below when the block succeeds
+    before = os.times()
     if block.lang == "python":
         run_python(block.code, page_state.folder, page_state.namespace, where)
     else:
         run_shell(console_commands(block.code) if block.lang == "console" else block.code, page_state.folder)
     page_state.failed = None
+    print(f"{where}: {_cpu_seconds(before):.1f} s CPU")  # shown with pytest -rP: the docs test's budget
 
 
 # ---- the pages' own rules -------------------------------------------------------------------
