@@ -214,6 +214,17 @@ def test_pages_cite_docs_not_shared() -> None:
     assert not offenders, "\n".join(offenders)
 
 
+def test_configs_that_download_say_so() -> None:
+    """A shipped config that fetches weights (``pretrained: true``) says so in its first lines."""
+    silent = []
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        text = config.read_text()
+        header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+        if re.search(r"^\s*pretrained:\s*true", text, flags=re.MULTILINE) and "NEEDS A DOWNLOAD" not in header:
+            silent.append(config.name)
+    assert not silent, silent
+
+
 def test_links_between_pages_resolve() -> None:
     """Every relative Markdown link of README.md and docs/ names an existing file."""
     missing = []

@@ -46,8 +46,8 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
             reason = getattr(err, "reason", None) or err  # URLError: the network's own words
             raise UserError(
                 f"pretrained: true needs torchvision's ImageNet weights of {name}, which could not be downloaded "
-                f"({reason}); offline, train from scratch with --set model.arguments.pretrained=false, or run "
-                "once with a network to fill torch's cache (~/.cache/torch)"
+                f"({reason}); offline, set pretrained: false in the config (or --set model.arguments.pretrained=false) "
+                "to train from scratch, or run once with a network to fill torch's cache (~/.cache/torch)"
             ) from err
         replace_head(model, num_classes)
         return model
