@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -281,6 +280,5 @@ def test_help_example_runs(command: str, tmp_path_factory: pytest.TempPathFactor
         pytest.fail(f"not run: the example of medcam {state.failed} --help failed", pytrace=False)
     state.failed = command
     script = help_examples()[command]
-    assert all(shlex.split(line) for line in script.splitlines())
     run_shell(script, state.folder)
     state.failed = None
