@@ -279,6 +279,7 @@ def test_help_example_runs(command: str, tmp_path_factory: pytest.TempPathFactor
     if state.failed is not None:
         pytest.fail(f"not run: the example of medcam {state.failed} --help failed", pytrace=False)
     state.failed = command
-    script = help_examples()[command]
-    run_shell(script, state.folder)
+    before = os.times()
+    run_shell(help_examples()[command], state.folder)
     state.failed = None
+    print(f"medcam {command} --help: {_cpu_seconds(before):.1f} s CPU")
