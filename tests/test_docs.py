@@ -8,7 +8,7 @@ namespace per page, in the folder. A block that needs the reader's own data, a G
 network is marked in the page with ``<!-- not-tested: REASON -->`` on the line before its
 fence and is reported as skipped with that reason; every other block must succeed.
 
-One page's blocks share an ``xdist_group``, so under ``pytest -n 2 --dist loadgroup`` a
+A page is one test (its blocks are subtests), so under ``pytest -n 2 --dist loadgroup`` a
 page stays on one worker while other pages and the rest of the suite run on the other.
 The same machinery runs the example of every ``medcam COMMAND --help``.
 """
@@ -145,51 +145,41 @@ def make_folder(base: Path) -> Path:
     return base
 
 
-@dataclass
-class PageState:
-    folder: Path
-    namespace: dict[str, Any]
-    failed: str | None = None
-
-
-_STATES: dict[str, PageState] = {}
-
-
-@pytest.fixture
-def page_state(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> PageState:
-    block: Block = request.node.callspec.params["block"]
-    if block.page not in _STATES:
-        folder = make_folder(tmp_path_factory.mktemp(re.sub(r"\W", "_", block.page)))
-        _STATES[block.page] = PageState(folder, {"__name__": "__docs__"})
-    return _STATES[block.page]
-
-
-def _params() -> list[Any]:
+def _page_params() -> list[Any]:
     params = []
     for page in PAGES:
-        for block in page_blocks(page):
-            name = str(page.relative_to(REPO))
-            params.append(
-                pytest.param(block, id=f"{name}:{block.line}:{block.lang}", marks=pytest.mark.xdist_group(name))
-            )
+        name = str(page.relative_to(REPO))
+        if page_blocks(page):
+            params.append(pytest.param(name, id=name, marks=pytest.mark.xdist_group(name)))
     return params
 
 
-@pytest.mark.parametrize("block", _params())
-def test_doc_block(block: Block, page_state: PageState) -> None:
-    if block.not_tested is not None:
-        pytest.skip(f"not-tested: {block.not_tested}")
-    if page_state.failed is not None:
-        pytest.fail(f"not run: the block at {page_state.failed} of this page failed", pytrace=False)
-    where = f"{block.page}:{block.line}"
-    page_state.failed = where  # cleared below when the block succeeds
-    before = os.times()
-    if block.lang == "python":
-        run_python(block.code, page_state.folder, page_state.namespace, where)
-    else:
-        run_shell(console_commands(block.code) if block.lang == "console" else block.code, page_state.folder)
-    page_state.failed = None
-    print(f"{where}: {_cpu_seconds(before):.1f} s CPU")  # shown with pytest -rP: the docs test's budget
+@pytest.mark.parametrize("page", _page_params())
+def test_doc_blocks(page: str, subtests: Any, tmp_path: Path) -> None:
+    """One page: its blocks in order, one subtest each, in one folder and one Python namespace.
+
+    One test per page (not per block) keeps a page's blocks on one worker whatever the
+    scheduler does (``--dist loadgroup`` does not keep parametrized groups together with
+    pytest 9 and pytest-xdist 3.8); each block is reported as a subtest, a marked one as skipped.
+    """
+    folder = make_folder(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__docs__"}
+    failed: str | None = None
+    for block in page_blocks(REPO / page):
+        where = f"{block.page}:{block.line}"
+        with subtests.test(msg=f"{where}:{block.lang}"):
+            if block.not_tested is not None:
+                pytest.skip(f"{where}: not-tested: {block.not_tested}")
+            if failed is not None:
+                pytest.fail(f"not run: the block at {failed} of this page failed", pytrace=False)
+            failed = where  # cleared below when the block succeeds
+            before = os.times()
+            if block.lang == "python":
+                run_python(block.code, folder, namespace, where)
+            else:
+                run_shell(console_commands(block.code) if block.lang == "console" else block.code, folder)
+            failed = None
+            print(f"{where}: {_cpu_seconds(before):.1f} s CPU")  # shown with pytest -rP: the docs test's budget
 
 
 # ---- the pages' own rules -------------------------------------------------------------------
@@ -273,13 +263,17 @@ HELP_ORDER = ("demo", "info", "explain", "levels", "evaluate")
 
 
 @pytest.mark.xdist_group("help")
-@pytest.mark.parametrize("command", HELP_ORDER)
-def test_help_example_runs(command: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    state = _STATES.setdefault("--help", PageState(make_folder(tmp_path_factory.mktemp("help")), {}))
-    if state.failed is not None:
-        pytest.fail(f"not run: the example of medcam {state.failed} --help failed", pytrace=False)
-    state.failed = command
-    before = os.times()
-    run_shell(help_examples()[command], state.folder)
-    state.failed = None
-    print(f"medcam {command} --help: {_cpu_seconds(before):.1f} s CPU")
+def test_help_examples_run(subtests: Any, tmp_path: Path) -> None:
+    """The example of every ``medcam COMMAND --help``, in one folder, in ``HELP_ORDER``."""
+    folder = make_folder(tmp_path)
+    examples = help_examples()
+    failed: str | None = None
+    for command in HELP_ORDER:
+        with subtests.test(msg=f"medcam {command} --help"):
+            if failed is not None:
+                pytest.fail(f"not run: the example of medcam {failed} --help failed", pytrace=False)
+            failed = command
+            before = os.times()
+            run_shell(examples[command], folder)
+            failed = None
+            print(f"medcam {command} --help: {_cpu_seconds(before):.1f} s CPU")
