@@ -89,7 +89,7 @@ BAD = [
     ("unwritable", ["--volume", "{good}", "--out", "{file}/out"], "is a file, not a folder"),
     ("method", ["--volume", "{good}", "--method", "gradcamm"], "method 'gradcamm' is not known"),
     ("layer", ["--volume", "{good}", "--layer", "model.9"], "layer 'model.9' does not exist"),
-    ("device", ["--volume", "{good}", "--device", "tpu"], "--device must be cpu or cuda"),
+    ("device", ["--volume", "{good}", "--device", "tpu"], "--device must be auto, cpu or cuda"),
 ]
 
 

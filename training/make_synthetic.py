@@ -1,6 +1,7 @@
 """Write a synthetic dataset in the real on-disk layout (seeded, deterministic).
 
 python training/make_synthetic.py kits23 data/kits23_phantom --cases 40 --seed 0
+python training/make_synthetic.py kits23 data/small --cases 2 --shape 32 64 64 --spacing 5 3.2 3.2   # a small crop
 python training/make_synthetic.py opg data/opg --cases 8 2 2          # train/validation/test
 python training/make_synthetic.py opg-binary data/opg_binary --cases 8 2 2
 python training/make_synthetic.py cityscapes data/cityscapes --cases 8 2 1
@@ -19,8 +20,19 @@ from medcam.data import synthetic
 from medcam.errors import UserError
 
 
-def write(dataset: str, root: str, cases: list[int], seed: int, shape: tuple[int, ...] | None) -> None:
+def write(
+    dataset: str,
+    root: str,
+    cases: list[int],
+    seed: int,
+    shape: tuple[int, ...] | None,
+    spacing: tuple[float, ...] | None = None,
+) -> None:
     size: dict[str, Any] = {"shape": shape} if shape and dataset in ("kits23", "nnunet", "decathlon") else {}
+    if spacing is not None:
+        if dataset != "kits23":
+            raise UserError("--spacing is a kits23 option (the phantom's voxel size in mm, slice/row/column)")
+        size["spacing"] = spacing
     if shape and dataset not in ("kits23", "nnunet", "decathlon"):
         size = {"size": shape}
     if dataset in ("kits23", "nnunet", "decathlon"):
@@ -52,9 +64,18 @@ def main() -> int:
     parser.add_argument("--cases", type=int, nargs="+", default=[6], help="cases, or counts per split / class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs="+", help="image shape (default: the generator's small default)")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar="MM",
+        help="kits23: voxel size in mm (default: the shape spans the whole abdomen); with a small --shape, "
+        "e.g. --shape 32 64 64 --spacing 5 3.2 3.2, a crop around the kidneys at the demo model's spacing",
+    )
     args = parser.parse_args()
     try:
-        write(args.dataset, args.root, args.cases, args.seed, tuple(args.shape) if args.shape else None)
+        shape = tuple(args.shape) if args.shape else None
+        write(args.dataset, args.root, args.cases, args.seed, shape, tuple(args.spacing) if args.spacing else None)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

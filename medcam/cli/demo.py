@@ -13,19 +13,27 @@ from typing import Any
 
 from medcam.cli import seed_value
 
+EXAMPLE = """\
+example:
+  medcam demo --out demo_output --overwrite
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
         help="explain a phantom CT's tumour with the shipped demo U-Net and check it against the truth",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--seed", type=seed_value, default=0, help="seed of the phantom case (default: 0)")
     parser.add_argument("--method", default="hirescam", help="CAM method (default: hirescam)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

@@ -12,12 +12,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXAMPLE = """\
+example (at the root of a clone: configs/ and training/; first one small held-out phantom):
+  python training/make_synthetic.py kits23 data/eval_kits_phantom --cases 1 --seed 1000 \\
+      --shape 32 64 64 --spacing 5 3.2 3.2
+  medcam evaluate --config configs/eval_kits_phantom.yaml --samples 1 --out runs/eval_example
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "evaluate",
         help="score CAM methods (faithfulness, localisation, sanity) over a dataset split",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, metavar="YAML", help="evaluation config, e.g. configs/eval_x.yaml")
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from medcam.evaluate.config import load_config
 
     config = load_config(args.config)
+    _check_data_root(args.config, config.data.root)
     if args.samples is not None:
         if args.samples < 1:
             raise UserError(f"--samples must be at least 1, got {args.samples}")
@@ -94,3 +103,26 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _check_data_root(config_path: str, root: str) -> None:
+    """A missing data root: name the command the config's own comments give to write it, if any.
+
+    The shipped configs evaluate synthetic data written by ``training/make_synthetic.py``
+    and say so in their first lines; a newcomer who skipped that step gets that line.
+    """
+    import re
+    from pathlib import Path
+
+    from medcam.errors import UserError
+
+    if Path(root).exists():
+        return
+    text = Path(config_path).read_text(errors="replace")
+    writes = [m.group(1).strip() for m in re.finditer(r"^#\s*(python\s+training/make_synthetic\.py\s.*)$", text, re.M)]
+    writes = [w for w in writes if root in w.split()]
+    if writes:
+        raise UserError(
+            f"data.root {root} does not exist; write this config's data first: {writes[0]} "
+            "(from the root of a clone), or point data.root at your copy of the dataset"
+        )

@@ -9,9 +9,17 @@ under ``torchrun`` every rank takes its share of the cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from medcam.cli import seed_value
+
+EXAMPLE = """\
+example (after `medcam demo --out demo_output`, which writes a phantom CT to explain):
+  medcam explain --volume demo_output/phantom/case_00000/imaging.nii.gz --class kidney --out kidney_map
+"""
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +27,7 @@ def add_parser(sub: Any) -> None:
         "explain",
         help="explain a class on a volume or image; write heatmap.nii.gz, a Slicer package and a summary",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -30,7 +39,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--model",
         metavar="PATH",
-        help="medcam checkpoint, nnU-Net v2 trained-model folder or MONAI bundle folder (default: the demo model)",
+        help="medcam checkpoint (default, or demo: the shipped demo model), nnU-Net v2 trained-model folder or "
+        "MONAI bundle folder",
     )
     add_model_source_arguments(parser)
     parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
@@ -41,7 +51,7 @@ def add_parser(sub: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="an option of --method, repeatable; VALUE is read as JSON when it parses, else as text, e.g. "
-        '--method-option fusion=median --method-option views=\'["identity","flip:0"]\' '
+        '--method-option fusion=median --method-option views=\'["identity","flip:2"]\' '
         "(an unknown KEY lists the method's options)",
     )
     parser.add_argument(
@@ -58,9 +68,16 @@ def add_parser(sub: Any) -> None:
         help="auto | levels | levels:enc1,bottleneck | module path(s), comma-separated (default: auto)",
     )
     add_level_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: medcam_<input name>)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: medcam_<case>: the KiTS case folder of .../case_XXXXX/imaging.nii.gz, "
+        "the DICOM series folder, else the file name without its suffix)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument(
         "--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending (default: gaussian)"
@@ -149,17 +166,28 @@ def add_level_arguments(parser: argparse.ArgumentParser, *, reference_required: 
 
 def level_layer(args: argparse.Namespace) -> str:
     """The layer spec of ``--layer`` and ``--levels`` (which must not both be given)."""
-    from medcam.api import layer_names
-    from medcam.errors import UserError
+    from medcam.pipeline.options import levels_layer
 
-    if args.levels is None:
-        return str(args.layer)
-    if args.layer != "auto":
-        raise UserError(f"give --levels or --layer, not both (got --levels {args.levels} and --layer {args.layer})")
-    names = layer_names(args.levels)
-    if not names:
-        raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
-    return "levels" if names == ["all"] else "levels:" + ",".join(names)
+    return str(args.layer) if args.levels is None else levels_layer(args.levels, args.layer)
+
+
+def case_name(path: str) -> str:
+    """The case an input file belongs to, as batches name it, so single runs on different cases never collide.
+
+    A DICOM series folder is named by the folder, KiTS's ``case_00042/imaging.nii.gz`` by
+    its case folder (every KiTS case is ``imaging.nii.gz``), any other file by its name
+    without the image suffix (and without nnU-Net's channel suffix ``_0000``).
+    """
+    import re
+    from pathlib import Path
+
+    from medcam.volumes.io import strip_suffix
+
+    file = Path(path).absolute()
+    if file.is_dir():
+        return file.name
+    name = re.sub(r"_0000$", "", strip_suffix(file.name))
+    return file.parent.name if name == "imaging" and file.parent.name else name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,20 +197,23 @@ def run(args: argparse.Namespace) -> int:
     from medcam import pipeline
     from medcam.cli.method_options import parse_method_options
     from medcam.errors import UserError, one_line
-    from medcam.review.montage import Montage
 
-    # one options object per run; building it builds the method, so a bad method or option stops here
+    # one options object per run, field by field the CLI options (ExplainOptions' docstring);
+    # building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(
         method=args.method if args.method is not None else pipeline.DEFAULT_METHOD,
         method_options=parse_method_options(args.method_options),
         pixels=args.pixels,
-        layer=level_layer(args),
-        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
+        layer=args.layer,
+        levels=args.levels,
+        montage_scale=args.montage_scale,
+        montage_slices=args.montage_slices,
+        montage_crop=args.montage_crop,
         device=args.device,
         overlap=args.overlap,
         blend=args.blend,
         window_batch=args.window_batch,
-        normalize=None if args.normalize == "none" else args.normalize,
+        normalize=args.normalize,
         relu=not args.no_relu,
         seed=args.seed,
         progress=not args.no_progress,
@@ -191,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     )
     single = args.volume if args.volume is not None else args.image
     if single is not None:
-        out = args.out if args.out is not None else Path(f"medcam_{pipeline.strip_suffix(Path(single).name)}")
+        out = args.out if args.out is not None else Path(f"medcam_{case_name(single)}")
         written = pipeline.explain_case(
             single, out, class_name=args.class_name, overwrite=args.overwrite, model=model_source(args), options=options
         )
@@ -203,16 +234,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--datalist and --folder need --out DIR (one sub-folder per case is written there)")
     cases = pipeline.cases_from_datalist(args.datalist) if args.datalist else pipeline.cases_from_folder(args.folder)
     rank, world = pipeline.rank_and_world()
-    report = pipeline.explain_batch(
-        cases,
-        args.out,
-        class_name=args.class_name,
-        overwrite=args.overwrite,
-        rank=rank,
-        world_size=world,
-        model=model_source(args),
-        options=options,
-    )
+    with _reported_here("medcam.pipeline.batch"):
+        report = pipeline.explain_batch(
+            cases,
+            args.out,
+            class_name=args.class_name,
+            overwrite=args.overwrite,
+            rank=rank,
+            world_size=world,
+            model=model_source(args),
+            options=options,
+        )
     prefix = f"medcam[{rank}/{world}]" if world > 1 else "medcam"
     print(
         f"{prefix}: {len(report.done)} explained, {len(report.skipped)} already done, "
@@ -221,3 +253,18 @@ def run(args: argparse.Namespace) -> int:
     for case_id, message in report.failed.items():
         print(f"{prefix}: error: case {one_line(case_id)}: {one_line(message)}", file=sys.stderr)
     return 2 if report.failed else 0
+
+
+@contextlib.contextmanager
+def _reported_here(logger_name: str) -> Iterator[None]:
+    """Drop the library's per-case error log lines: the CLI prints each failed case once, below."""
+    logger = logging.getLogger(logger_name)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

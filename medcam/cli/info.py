@@ -10,11 +10,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXAMPLE = """\
+example:
+  medcam info --model demo
+"""
+
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("info", help="list CAM methods, or a checkpoint's classes, layers and levels")
+    parser = sub.add_parser(
+        "info",
+        help="list CAM methods, or a checkpoint's classes, layers and levels",
+        description=__doc__,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--model", metavar="PATH", help="a medcam checkpoint, nnU-Net trained-model folder or MONAI bundle folder"
+        "--model",
+        metavar="PATH",
+        help="a medcam checkpoint (demo: the shipped demo model), nnU-Net trained-model folder or MONAI bundle folder",
     )
     from medcam.cli.explain import add_model_source_arguments
 
@@ -75,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(layer.name) for layer in info["layers"])
     for layer in info["layers"]:
         grid = " x ".join(str(g) for g in layer.grid)
-        scale = "/".join(_fraction(s) for s in dict.fromkeys(layer.scale))
+        # one factor when isotropic, else one per axis (DynUNet's anisotropic strides: "1/2 x 1/4 x 1/4")
+        unique = dict.fromkeys(layer.scale)
+        scale = " x ".join(_fraction(s) for s in (unique if len(unique) == 1 else layer.scale))
         voxel = f", {' x '.join(f'{v:g}' for v in layer.voxel_mm)} mm" if layer.voxel_mm else ""
         path = f"  {layer.path}" if layer.path != layer.name else ""
         print(f"  {layer.name:<{width}}  {layer.channels:>4} ch  {grid:<12} ({scale}{voxel}){path}")

@@ -14,12 +14,19 @@ from typing import Any
 
 from medcam.cli.explain import add_level_arguments, add_model_source_arguments, level_layer, model_source
 
+EXAMPLE = """\
+example (after `medcam demo --out demo_output`, which writes a phantom CT and its truth):
+  medcam levels --volume demo_output/phantom/case_00000/imaging.nii.gz --class tumor \\
+      --reference demo_output/phantom/case_00000/segmentation.nii.gz:2
+"""
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "levels",
         help="rank a U-Net's levels by how well their maps localise a reference mask; say which to use",
         description=__doc__,
+        epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -29,7 +36,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--model",
         metavar="PATH",
-        help="medcam checkpoint, nnU-Net v2 trained-model folder or MONAI bundle folder (default: the demo model)",
+        help="medcam checkpoint (default, or demo: the shipped demo model), nnU-Net v2 trained-model folder or "
+        "MONAI bundle folder",
     )
     add_model_source_arguments(parser)
     parser.add_argument("--method", default="hirescam", metavar="NAME", help="gradient CAM method (default: hirescam)")
@@ -56,7 +64,9 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help="also write the review folder (montage, level maps, summary)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument("--window-batch", type=int, default=1, help="windows per forward/backward pass (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -65,7 +75,6 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medcam.pipeline.recommend import recommend_case
-    from medcam.review.montage import Montage
 
     # module paths (comma-separated) are split by the pipeline, as for medcam explain --layer
     layer = "levels" if args.levels is None and args.layer == "auto" else level_layer(args)
@@ -85,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         window_batch=args.window_batch,
         progress=not args.no_progress,
-        montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
+        montage_scale=args.montage_scale,
+        montage_slices=args.montage_slices,
+        montage_crop=args.montage_crop,
     )
     ranking = result.ranking
     summary = result.explanation.summary

@@ -3,7 +3,7 @@
 Each ``KEY=VALUE`` becomes one keyword argument of the method's constructor (what
 ``medcam.explain(..., **options)`` and ``explain_volume(method_options=...)`` take).
 VALUE is read as JSON when it parses (``3``, ``0.5``, ``true``, ``null``,
-``["identity", "flip:0"]``, ``{"key": 1}``), otherwise it is the text itself
+``["identity", "flip:2"]``, ``{"key": 1}``), otherwise it is the text itself
 (``fusion=median``). The registry checks the names: an unknown KEY is refused with the
 list of the method's options; the method checks the values.
 """
@@ -29,7 +29,7 @@ def parse_method_options(pairs: Sequence[str] | None) -> dict[str, Any]:
         if not sep or not _KEY.fullmatch(key):
             raise UserError(
                 f"--method-option {pair!r} is not KEY=VALUE; write e.g. --method-option fusion=median "
-                'or --method-option views=\'["identity","flip:0"]\''
+                'or --method-option views=\'["identity","flip:2"]\''
             )
         if key in options:
             raise UserError(f"--method-option {key} is given twice; give each option once")

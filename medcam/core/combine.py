@@ -2,7 +2,7 @@
 
 The steps of Fusion-CAM (Dekdegue et al. 2026) and Union-CAM (Hu et al. 2024) that
 do not touch the model. Maps are ``(N, *spatial)``; statistics are per sample.
-Formulas: docs/methods-region-fusion.md.
+Formulas: docs/methods-region-fusion.md, "Fusion-CAM".
 """
 
 from __future__ import annotations

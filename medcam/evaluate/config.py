@@ -3,7 +3,7 @@
 ::
 
     title: Demo U-Net on KiTS-like phantoms             # summary.md heading (default: file name)
-    model: {checkpoint: null, device: cpu, threads: 1}  # null (or model: demo): the shipped demo model
+    model: {checkpoint: null, device: auto, threads: 1}  # null (or model: demo): the demo model; auto: CUDA if present
     data: {kind: kits23, root: data/eval_phantom, split: test, samples: 10, pad_to_multiple: 8}
     target: {class: tumor, pixels: predicted, truth: tumor}
     evaluation: {methods: [...], metrics: [...], faithfulness: {...}}   # EvaluationSettings
@@ -43,7 +43,7 @@ class ModelSection:
     """The network: a medcam checkpoint (``None``: the shipped demo model), where to run it."""
 
     checkpoint: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else the CPU
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
 

@@ -1,7 +1,7 @@
 """Ensemble methods: a gradient map and a region map combined by their contribution to the score.
 
 Fusion-CAM (Dekdegue et al. 2026) and its baseline Union-CAM (Hu et al. 2024).
-Formulas and medcam's deviations: docs/methods-region-fusion.md.
+Formulas and medcam's deviations: docs/methods-region-fusion.md, "Fusion-CAM".
 
 The contribution of a map L is ``beta(L) = f_c(I_b + L * (X - I_b)) - f_c(I_b)``,
 f_c the target's probability (softmax of class c; segmentation: mean class-c

@@ -426,7 +426,7 @@ class ScoreCAM(RegionMethod):
                     logger.warning("Score-CAM at %s: all channels constant in sample(s) %s; map blank", alias, blank)
                 raw = (weights.view(*weights.shape, *([1] * (acts.ndim - 2))) * acts.float()).sum(dim=1)
                 if not pgc:
-                    # L = mm(ReLU(sum_k s_k U(A_k))) = mm(ReLU(U(sum_k s_k A_k))) since U is linear;
+                    # Score-CAM: L = mm(ReLU(sum_k s_k U(A_k))) = mm(ReLU(U(sum_k s_k A_k))), U linear;
                     # the pytorch-grad-cam variant keeps its ReLU before the resize
                     raw = upsample(raw, queue.size)
                 maps[alias] = post.apply(raw, queue.size)

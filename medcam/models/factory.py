@@ -43,9 +43,11 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
         try:
             model = tvm.get_model(name, weights=weights, **kwargs)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
+            reason = getattr(err, "reason", None) or err  # URLError: the network's own words
             raise UserError(
-                f"could not get the ImageNet weights of {name} ({type(err).__name__}: {err}); without a network, "
-                "set pretrained: false, or run once with a network to fill torch's cache (~/.cache/torch)"
+                f"pretrained: true needs torchvision's ImageNet weights of {name}, which could not be downloaded "
+                f"({reason}); offline, set pretrained: false in the config (or --set model.arguments.pretrained=false) "
+                "to train from scratch, or run once with a network to fill torch's cache (~/.cache/torch)"
             ) from err
         replace_head(model, num_classes)
         return model

@@ -65,13 +65,17 @@ ModelSource = str | Path | ModelPath | ModelBundle | LoadedModel | None
 
 
 def load_model(model: ModelSource, device: str = "cpu") -> LoadedModel:
-    """Load a model (default: the demo model) onto ``device``; bundles pass through."""
+    """Load a model (default, or ``"demo"``: the demo model) onto ``device``; bundles pass through."""
     if isinstance(model, LoadedModel):
         return LoadedModel(replace(model.bundle, model=model.bundle.model.to(device).eval()), model.path, model.sha256)
     if isinstance(model, ModelBundle):
         refuse_scripted(model.model)
         return LoadedModel(replace(model, model=model.model.to(device).eval()))
-    source = model if isinstance(model, ModelPath) else ModelPath(Path(model) if model else default_model_path())
+    # "demo" names the shipped model, as in evaluation configs (``model: demo``) and ``--model demo``
+    if isinstance(model, ModelPath):
+        source = model
+    else:
+        source = ModelPath(default_model_path() if model is None or model == "demo" else Path(model))
     folder = _load_folder(source, device)
     if folder is not None:
         return LoadedModel(folder, source.path, _weights_digest(folder))
@@ -122,14 +126,16 @@ def _weights_digest(bundle: ModelBundle) -> str:
 
 
 def check_device(device: str) -> str:
-    """``cpu`` or ``cuda[:N]`` (CUDA must be present)."""
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]`` (CUDA must be present) -> the device."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {device} was asked for but CUDA is not available here; use --device cpu")
         return device
-    raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+    raise UserError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
 
 
 def sha256(path: Path) -> str:

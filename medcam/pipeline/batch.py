@@ -201,7 +201,7 @@ def explain_batch(
     check_case_ids(cases)
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
-    if options.device == "cuda" and world_size > 1:
+    if check_device(options.device) == "cuda" and world_size > 1:
         local = int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
         options = options.on_device(f"cuda:{local}")
     check_output(out / ".medcam-batch-probe", overwrite=True)

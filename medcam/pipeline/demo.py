@@ -61,7 +61,7 @@ def run_demo(
     overwrite: bool = False,
     seed: int = 0,
     method: str = "hirescam",
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool = False,
 ) -> DemoReport:
     """Write a phantom case, explain its tumour with the demo model, and score the result.

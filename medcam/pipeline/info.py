@@ -31,13 +31,18 @@ def inspect_model(model: ModelSource, *, all_layers: bool = False) -> dict[str, 
     """What a checkpoint offers: classes, regions, preprocessing, default layers and U-Net levels.
 
     Levels (or, with ``all_layers``, every module with a tensor output) are measured with
-    one forward pass at the checkpoint's patch size (32 per axis if it has none).
+    one forward pass at the size the network sees: the checkpoint's patch size, else (a
+    whole-image model) its preprocessing ``size``, else 224 per axis for a classifier and
+    32 per axis otherwise.
     """
     loaded = load_model(model)
     net, meta = loaded.bundle.model, loaded.bundle.meta
-    size = tuple(meta.patch_size) if meta.patch_size else (32,) * meta.spatial_dims
-    if meta.task == "classification" and not meta.patch_size:
-        size = tuple(meta.preprocessing.size or (224,) * meta.spatial_dims)
+    if meta.patch_size:
+        size = tuple(meta.patch_size)
+    elif meta.preprocessing.size:
+        size = tuple(meta.preprocessing.size)
+    else:
+        size = (224 if meta.task == "classification" else 32,) * meta.spatial_dims
     x = torch.zeros(1, meta.in_channels, *size)
     try:
         levels = [(lv.name, lv.path) for lv in discover_levels(net)]

@@ -1,6 +1,10 @@
 """One options object for ``medcam explain``: the CLI builds it, ``explain_volume`` and batches take it.
 
-Every field has the CLI option's name (``--window-batch`` is ``window_batch``). Building
+Every field has the CLI option's name (``--window-batch`` is ``window_batch``,
+``--montage-crop`` is ``montage_crop``, ``--levels enc2`` is ``levels="enc2"``); the two
+switches ``--no-relu`` and ``--no-progress`` are ``relu=False`` and ``progress=False``,
+``--method-option K=V`` (repeatable) is ``method_options={"K": V}``, and ``--normalize
+none`` is ``normalize="none"`` (or ``None``). Building
 the options builds the method once, so a wrong method name or option stops before any
 file is read; a method whose defaults depend on the model grid (RobustCAM's
 ``orientation`` and ``seed``) gets them filled in once the grid is known
@@ -13,7 +17,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medcam.core.ops import Normalization
 from medcam.core.windows import SlidingWindow
@@ -21,7 +25,7 @@ from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, PostProcessing
 from medcam.methods.registry import create_method, method_parameters
 from medcam.metrics.levels import DEFAULT_THRESHOLD, RankBy
-from medcam.review.montage import Montage
+from medcam.review.montage import Montage, Scale
 
 DEFAULT_METHOD = "hirescam"
 
@@ -40,25 +44,38 @@ class ExplainOptions:
     method_options: Mapping[str, Any] | None = None
     pixels: str = "predicted"
     layer: str | Sequence[str] = "auto"
-    device: str = "cpu"
+    levels: str | Sequence[str] | None = None
+    device: str = "auto"
     overlap: float = 0.25
     blend: str = "gaussian"
     window_batch: int = 1
     relu: bool = True
-    normalize: Normalization = "minmax"
+    normalize: Normalization | Literal["none"] = "minmax"
     seed: int = 0
     progress: bool = False
     reference: str | Path | None = None
     level_threshold: float = DEFAULT_THRESHOLD
     rank_by: RankBy = "dice"
-    montage: Montage | None = None
+    montage_scale: Scale = "shared"
+    montage_slices: int = 5
+    montage_crop: bool = False
     dicom_out: bool | None = None
     built: CAMMethod = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise UserError(f"seed {self.seed!r} must be an integer from 0 to 2**64-1")
+        if self.normalize == "none":  # the CLI's spelling of "no normalisation"
+            object.__setattr__(self, "normalize", None)
+        if self.levels is not None:
+            object.__setattr__(self, "layer", levels_layer(self.levels, self.layer))
+            object.__setattr__(self, "levels", None)
         object.__setattr__(self, "built", build_method(self.method, self.method_options))
+
+    @property
+    def montage(self) -> Montage:
+        """How ``montage.png`` is drawn (``montage_scale``, ``montage_slices``, ``montage_crop``)."""
+        return Montage(self.montage_scale, self.montage_slices, self.montage_crop)
 
     @classmethod
     def from_keywords(cls, **settings: Any) -> ExplainOptions:
@@ -76,8 +93,13 @@ class ExplainOptions:
         return moved
 
     @property
+    def normalization(self) -> Normalization:
+        """``normalize`` with ``"none"`` read as ``None``."""
+        return None if self.normalize == "none" else self.normalize
+
+    @property
     def post(self) -> PostProcessing:
-        return PostProcessing(relu=self.relu, normalization=self.normalize)
+        return PostProcessing(relu=self.relu, normalization=self.normalization)
 
     def window(self, patch_size: Sequence[int] | None) -> SlidingWindow:
         """The sliding windows for a model with this patch size (``None``: one window)."""
@@ -100,6 +122,22 @@ class ExplainOptions:
         missing = {"orientation": orientation, "seed": self.seed}
         fill = {k: v for k, v in missing.items() if k in accepted and k not in given}
         return build_method(self.method, {**given, **fill}) if fill else self.built
+
+
+def levels_layer(levels: str | Sequence[str], layer: str | Sequence[str] = "auto") -> str:
+    """The layer spec of ``levels`` (``--levels``): ``"levels"`` for all, else ``"levels:enc2,bottleneck"``.
+
+    ``levels`` is ``"all"`` (what a bare ``--levels`` means), comma-separated level names
+    or a list of them; it says the same as ``layer="levels:..."``, so giving both is refused.
+    """
+    from medcam.api import layer_names
+
+    if layer != "auto":
+        raise UserError(f"give --levels or --layer, not both (got --levels {levels} and --layer {layer})")
+    names = layer_names(levels) if isinstance(levels, str) else [str(n).strip() for n in levels if str(n).strip()]
+    if not names:
+        raise UserError("--levels needs level names, e.g. --levels enc2,bottleneck (or no value for all levels)")
+    return "levels" if names == ["all"] else "levels:" + ",".join(names)
 
 
 def build_method(method: str | CAMMethod, options: Mapping[str, Any] | None) -> CAMMethod:

@@ -41,7 +41,6 @@ from medcam.pipeline.windows import predict, sliding_window_cam
 from medcam.review import summary as record
 from medcam.review.bundle import VolumeExplanation
 from medcam.review.folders import check_output
-from medcam.review.montage import Montage
 from medcam.volumes.dicom_series import check_dicom_source
 from medcam.volumes.geometry import axis_codes
 from medcam.volumes.io import Volume, load_volume
@@ -87,9 +86,10 @@ def explain_volume(
 ) -> VolumeExplanation:
     """Explain ``class_name`` on one image with the checkpoint ``model`` (default: the demo model).
 
-    ``options`` (or the same names as keywords: ``method``, ``pixels``, ``layer``,
-    ``device``, ``overlap``, ``blend``, ``window_batch``, ``relu``, ``normalize``,
-    ``seed``, ``progress``, ``method_options``, ``reference``, ``montage``, ``dicom_out``) say how.
+    ``options`` (or the same names as keywords, those of the CLI options: ``method``,
+    ``method_options``, ``pixels``, ``layer``, ``levels``, ``device``, ``overlap``, ``blend``,
+    ``window_batch``, ``relu``, ``normalize``, ``seed``, ``progress``, ``reference``,
+    ``montage_scale``, ``montage_slices``, ``montage_crop``, ``dicom_out``; :class:`ExplainOptions`) say how.
     Returns maps on the image's own voxel grid; ``.save(out)`` writes the review folder.
     With several layers (``layer="levels"``) or a ``reference`` mask (``FILE[:LABEL]`` on
     the image's grid), ``summary["levels"]`` holds each layer's localisation numbers
@@ -215,7 +215,7 @@ def _explain(
         summary=summary,
         image_window=image_window,
         reference=truth,
-        montage=options.montage or Montage(),
+        montage=options.montage,
         dicom_out=dicom_out,
     )
     return explanation, ranking
@@ -284,7 +284,7 @@ def _cam(
         del prediction  # the stitched logits are the largest array; free them before inverting
         clock.lap("cam")
         return _GridResult(result.maps, result.extras, bound, result.stats, result.method_stats, labels, {}, exported)
-    exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalize)
+    exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalization)
     stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
     extras = {k: dict(v) for k, v in exp.extras.items()}
     clock.lap("cam")
@@ -317,11 +317,13 @@ def readable_stats(method: CAMMethod, stats: Mapping[str, Any]) -> Any:
 
 def _renormalize(data: np.ndarray, options: ExplainOptions) -> np.ndarray:
     """Normalise again on the input grid, so a written min-max map spans exactly [0, 1]."""
-    if options.normalize is None:
+    if options.normalization is None:
         return data.astype(np.float32)
     from medcam.core.ops import normalize as apply
 
-    return apply(torch.from_numpy(np.ascontiguousarray(data))[None], options.normalize)[0].numpy().astype(np.float32)
+    return (
+        apply(torch.from_numpy(np.ascontiguousarray(data))[None], options.normalization)[0].numpy().astype(np.float32)
+    )
 
 
 def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:

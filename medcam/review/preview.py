@@ -116,6 +116,7 @@ def render_preview(
     from matplotlib import colors
 
     path = Path(path)
+    image, heat, contour = _flat(image, heat, contour)
     if image.ndim == 2:  # (W, H) -> display rows = image rows
         panels = [Panel("image", image.T, heat.T, None if contour is None else contour.T, 1.0)]
     else:
@@ -136,12 +137,25 @@ def render_preview(
     return path
 
 
+def _flat(*arrays: Any) -> Any:
+    """A 3D grid with one singleton axis (a slice saved as a volume) as the 2D image it holds.
+
+    Its orthogonal panels would be one voxel thin; the plane of the two other axes is
+    shown as a 2D input is. Other grids pass through unchanged (``None`` stays ``None``).
+    """
+    shape = arrays[0].shape
+    if len(shape) != 3 or sorted(shape)[:2] == [1, 1] or 1 not in shape:
+        return arrays
+    axis = shape.index(1)
+    return tuple(None if a is None else np.take(a, 0, axis=axis) for a in arrays)
+
+
 def _draw(ax: Any, panel: Panel, window: tuple[float, float] | None, threshold: float, colormap: str, norm: Any) -> Any:
     """The image in grey, the map over it (transparent below ``threshold``), M outlined in cyan."""
     ax.imshow(_window(panel.image, window), cmap="gray", vmin=0, vmax=1, aspect=panel.aspect, interpolation="nearest")
     masked = np.ma.masked_less(panel.heat, threshold)
     mappable = ax.imshow(masked, cmap=colormap, norm=norm, alpha=0.6, aspect=panel.aspect, interpolation="nearest")
-    if panel.contour is not None and panel.contour.any():
+    if panel.contour is not None and panel.contour.any() and min(panel.contour.shape) >= 2:
         ax.contour(panel.contour.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     ax.set_axis_off()
     return mappable
@@ -187,6 +201,7 @@ def render_uncertainty_preview(
     from matplotlib import colors
 
     path = Path(path)
+    image, heat, uncertainty, contour = _flat(image, heat, uncertainty, contour)
     if image.ndim == 2:
         rows = [
             (

@@ -16,7 +16,7 @@ run first, in the pass that binds the target. The other (sample, view) rows run
 batched, several sharing one forward and one backward pass; in eval mode the gradient
 of the summed score is each row's own gradient, so batching changes nothing but speed.
 
-The RobustCAM project (its README; docs/robustcam.md) defines the method in 2D with
+The RobustCAM project README defines the method in 2D with
 Grad-CAM; the 3D views, the validity mask and the segmentation target are ours
 (docs/robustcam.md).
 
