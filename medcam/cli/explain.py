@@ -110,6 +110,7 @@ def level_layer(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import sys
     from pathlib import Path
 
@@ -118,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
     from medcam.errors import UserError
     from medcam.review.montage import Montage
 
+    if not args.no_progress:
+        # the cost of a region method over windows is announced before its passes start
+        from medcam.methods.region_windows import COST_LOGGER
+
+        logging.getLogger(COST_LOGGER).setLevel(logging.INFO)
     # one options object per run; building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(
         method=args.method or pipeline.DEFAULT_METHOD,

@@ -301,6 +301,10 @@ class RegionMethod(CAMMethod):
         """Whether the captured pass must include the gradients of the target score."""
         return self.needs_gradients
 
+    def window_region(self) -> WindowRegion:
+        """How this method's masks are built and weighted over sliding windows."""
+        raise NotImplementedError
+
     @abstractmethod
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         """Queue this method's masked inputs; the returned callable gives maps ``(N, *S)`` per layer.

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from medcam.core.combine import contribution_weights, denoise_below_percentile, per_sample, similarity_fusion
-from medcam.core.ops import minmax, normalize
+from medcam.core.ops import minmax, normalize, upsample
 from medcam.core.perturbation import baseline_image, blend, resize
 from medcam.core.probe import Probe
 from medcam.core.windows import Job, WeightedLogits, at
@@ -57,7 +57,8 @@ from medcam.methods.base import (
 
 logger = logging.getLogger(__name__)
 # the cost of a region method over windows, announced before the masked passes start (the CLI shows it)
-cost_logger = logging.getLogger("medcam.cost")
+COST_LOGGER = "medcam.cost"
+cost_logger = logging.getLogger(COST_LOGGER)
 
 CACHE_BYTES = 1 << 30  # windows' feature maps kept at feature resolution
 STITCH_BYTES = 256 << 20  # stitched maps on the volume held at once
@@ -100,11 +101,12 @@ def count_parts(total: int, budget: int) -> int:
 class _Run:
     """One call's shared state: the passes, the scorer, the cached window feature maps."""
 
-    def __init__(self, passes: WindowPasses, context: WindowContext, region: WindowRegion, label: str) -> None:
+    def __init__(self, passes: WindowPasses, context: WindowContext, region: WindowRegion, name: str) -> None:
         self.passes = passes
+        self.name = name  # the explained method (an ensemble's, not its region part's)
         self.context = context
         self.region = region
-        self.label = label
+        self.label = f"{name} windows"
         layout = context.layout
         self.importance = context.importance.float().cpu()
         self.norm = context.norm.float().cpu()
@@ -187,14 +189,24 @@ class _Run:
 
     # ---------------------------------------------------------------- stitching
 
-    def stitch(self, alias: str, sample: int, mix: Callable[[Tensor], Tensor], count: int) -> Tensor:
+    def stitch(
+        self,
+        alias: str,
+        sample: int,
+        mix: Callable[[Tensor], Tensor],
+        count: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """``sum_w imp_w U(mix(src_w)) / norm`` on the padded grid, ``count`` maps ``(count, *padded)``."""
         layout = self.context.layout
-        total = torch.zeros(count, *layout.padded)
+        total = torch.zeros(count, *layout.padded, dtype=dtype)
+        importance = self.importance.to(dtype)
         for window in layout.slices:
-            part = resize(mix(self.cache[alias][_key(sample, window)]), layout.roi)
-            total[(slice(None), *window)] += part * self.importance
-        return total.div_(self.norm)
+            source = mix(self.cache[alias][_key(sample, window)])
+            part = resize(source, layout.roi) if dtype == torch.float32 else upsample(source.to(dtype), layout.roi)
+            total[(slice(None), *window)] += part * importance
+        return total.div_(self.norm.to(dtype))
 
     # ---------------------------------------------------------------- scoring
 
@@ -247,7 +259,7 @@ class RegionWindowStitcher(WindowStitcher):
         raise RuntimeError("region methods over windows run through run(), not add()")
 
     def run(self, passes: WindowPasses) -> None:
-        run = _Run(passes, self.context, self.region, self.label)
+        run = _Run(passes, self.context, self.region, self.region.name)
         raws = region_maps(run, extra_volumes=0)
         self.maps = {alias: self.context.post.apply(raw, self.context.layout.spatial) for alias, raw in raws.items()}
         self.stats = run_stats(run)
@@ -290,8 +302,8 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
     planned += ((region.baseline is not None) + extra_volumes * len(run.counts)) * meeting
     per_pass = run.clean_seconds / max(run.clean_passes, 1)
     cost_logger.info(
-        "%s: %d masked window passes (%s maps x %d of %d windows meeting M), about %.0f s at %.3f s per window",
-        region.name,
+        "%s: %d masked window passes (%s maps x %d of %d windows meeting M), about %.1f s at %.4f s per window",
+        run.name,
         planned,
         "+".join(str(c) for c in run.counts.values()),
         meeting,
@@ -300,7 +312,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
         per_pass,
     )
     run.scorer = passes.scorer(
-        batch_size=region.batch_size, precision=region.precision, total=planned, label=f"{region.name} passes"
+        batch_size=region.batch_size, precision=region.precision, total=planned, label=f"{run.name} passes"
     )
     base: Tensor | None = None
     if region.baseline is not None:
@@ -341,7 +353,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
                 constant = -sum(float(w) * plan.lows[k] / plan.spans[k] for k, w in zip(keys, weights, strict=True))
             else:
                 coefficients = {k: float(p) for k, p in zip(keys, probabilities, strict=True)}
-            maps.append(_final(run, alias, n, coefficients, count, chunks) + constant)
+            maps.append((_final(run, alias, n, coefficients, count, chunks) + constant).float())
         raws[alias] = torch.stack(maps)
         run.layer_stats[alias] = layer
     return raws
@@ -353,7 +365,11 @@ def _score_masks(run: _Run, plan: _Region, rows: Tensor, base: Tensor | None, *,
     step = max(1, STITCH_BYTES // (4 * math.prod(layout.padded)))
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
-        stitched = run.stitch(plan.alias, plan.sample, lambda src, part=part: src[part], len(part))
+
+        def pick(src: Tensor, part: Tensor = part) -> Tensor:
+            return src[part]
+
+        stitched = run.stitch(plan.alias, plan.sample, pick, len(part))
         inside = stitched[(slice(None), *run.crop)].flatten(1)
         low, high = torch.aminmax(inside, dim=1)
         del inside
@@ -373,24 +389,28 @@ def _score_masks(run: _Run, plan: _Region, rows: Tensor, base: Tensor | None, *,
 
 def _final(run: _Run, alias: str, sample: int, coefficients: dict[int, float], count: int, chunks: int) -> Tensor:
     """``sum_q c_q G_q`` on the volume: one stitch of the coefficient-weighted window sources."""
-    weights = torch.zeros(count)
+    weights = torch.zeros(count, dtype=torch.float64)
     for k, c in coefficients.items():
         weights[k] = c
     if chunks == 1:
         view = (-1, *([1] * (run.context.layout.importance.ndim)))
-        total = run.stitch(alias, sample, lambda src: (src * weights.view(view)).sum(dim=0, keepdim=True), 1)
-        return total[(0, *run.crop)].clone()
+        # in float64: Group-CAM's sum_g s_g (G_g - low_g) / span_g subtracts large, nearly equal terms
+        total = run.stitch(
+            alias, sample, lambda src: (src.double() * weights.view(view)).sum(0, keepdim=True), 1, dtype=torch.float64
+        )
+        first: tuple[Any, ...] = (0, *run.crop)
+        return total[first]
     # the sources did not fit the cache: one more clean pass, mixing every window as it comes
     layout = run.context.layout
-    total = torch.zeros(layout.padded)
+    total = torch.zeros(layout.padded, dtype=torch.float64)
     for jobs, activations in run.captures():
         found = run.sources(alias, activations[alias], jobs).cpu()
         for row, (b, window) in enumerate(jobs):
             if b != sample:
                 continue
-            mixed = torch.tensordot(weights, found[row], dims=1)[None]
-            total[window] += resize(mixed, layout.roi)[0] * run.importance
-    return total.div_(run.norm)[run.crop].clone()
+            mixed = torch.tensordot(weights, found[row].double(), dims=1)[None]
+            total[window] += upsample(mixed, layout.roi)[0] * run.importance.double()
+    return total.div_(run.norm.double())[run.crop]
 
 
 class EnsembleWindowStitcher(WindowStitcher):
@@ -427,7 +447,7 @@ class EnsembleWindowStitcher(WindowStitcher):
     def run(self, passes: WindowPasses) -> None:
         context = self.context
         spatial = context.layout.spatial
-        run = _Run(passes, context, self.region, self.label)
+        run = _Run(passes, context, self.region, self.name)
         run.gradient_pass(self.gradient.take)
         gradient_maps = self.gradient.finish().maps
         raws = region_maps(run, extra_volumes=4)
@@ -508,4 +528,12 @@ def _as_weights(first: Tensor, second: Tensor, like: Tensor) -> tuple[Tensor, Te
     return per_sample(a, like), per_sample(b, like)
 
 
-__all__ = ["CACHE_BYTES", "STITCH_BYTES", "EnsembleWindowStitcher", "RegionWindowStitcher", "WindowRegion", "at"]
+__all__ = [
+    "CACHE_BYTES",
+    "COST_LOGGER",
+    "STITCH_BYTES",
+    "EnsembleWindowStitcher",
+    "RegionWindowStitcher",
+    "WindowRegion",
+    "at",
+]
