@@ -270,3 +270,25 @@ def test_bad_region_options_are_one_line_exit_2(
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_robustcam_with_a_region_base_fuses_views_of_the_whole_volume() -> None:
+    torch.set_num_threads(1)
+    net = tiny_unet()
+    opts = {"base": "scorecam", "views": ["identity", "flip:0", "intensity:0.1,0.1", "rotate:10"]}
+    x = volume((16, 16, 16))
+    target = SegmentationTarget(1, pixels=box_mask((16, 16, 16), (3, 4, 5), (11, 9, 14)))
+    one = sliding_window_cam(
+        net, x, create_method("robustcam", **opts), target, {"b": BOTTLENECK}, SlidingWindow((16, 16, 16))
+    )
+    direct = medcam.explain(net, x, "robustcam", target, {"b": BOTTLENECK}, **opts)
+    torch.testing.assert_close(one.maps["b"], direct.maps["b"], rtol=0, atol=TOL)
+    torch.testing.assert_close(one.extras["uncertainty"]["b"], direct.extras["uncertainty"]["b"], rtol=0, atol=TOL)
+    torch.testing.assert_close(one.extras["valid_views"]["b"], direct.extras["valid_views"]["b"])
+    big = volume((24, 16, 16))
+    on_big = SegmentationTarget(1, pixels=box_mask((24, 16, 16), (3, 4, 5), (11, 9, 14)))
+    many = sliding_window_cam(
+        net, big, create_method("robustcam", **opts), on_big, {"b": BOTTLENECK}, SlidingWindow((8, 8, 8))
+    )
+    assert many.stats["windows"] > 1 and len(many.method_stats["views"]) == 4
+    assert many.maps["b"].shape == (1, 24, 16, 16) and bool(torch.isfinite(many.maps["b"]).all())

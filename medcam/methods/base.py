@@ -203,6 +203,13 @@ class WindowPasses(ABC):
         """Every window of every sample (window batch size rows), the padded input's patches."""
 
     @abstractmethod
+    def explain(
+        self, method: CAMMethod, x: Tensor, target: BoundTarget, post: PostProcessing
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The window loop itself on another input of the volume's size (a view of it), with a bound target:
+        maps on the volume and the method's statistics."""
+
+    @abstractmethod
     def pad(self, image: Tensor) -> Tensor:
         """An image ``(N, C, *spatial)`` on the padded model grid, padded as the input is."""
 

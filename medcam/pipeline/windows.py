@@ -249,6 +249,16 @@ class _Passes(WindowPasses):
             batch = every[i : i + size]
             yield torch.cat([self.padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch]), batch
 
+    def explain(
+        self, method: CAMMethod, x: Tensor, target: BoundTarget, post: PostProcessing
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        probe = self.probe
+        found = sliding_window_cam(
+            probe.model, x, method, target, self.context.layers, self.window, post=post, output=probe.selector,
+            progress=self.progress,
+        )  # fmt: skip
+        return found.maps, found.method_stats
+
     def pad(self, image: Tensor) -> Tensor:
         return self.layout.pad_input(image, self.window.padding_mode, self.window.cval)
 
