@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.no_progress:
         # the cost of a region method over windows is announced before its passes start
-        from medcam.methods.region_windows import COST_LOGGER
+        from medcam.methods.base import COST_LOGGER
 
         logging.getLogger(COST_LOGGER).setLevel(logging.INFO)
     # one options object per run; building it builds the method, so a bad method or option stops here

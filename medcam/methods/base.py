@@ -27,6 +27,9 @@ from medcam.core.windows import Job, WeightedLogits, Window, WindowLayout, at
 
 Combine = Callable[[Tensor, Tensor], Tensor]
 
+# the logger on which a method announces the cost of its passes over windows before they start (the CLI shows it)
+COST_LOGGER = "medcam.cost"
+
 
 @dataclass(frozen=True)
 class PostProcessing:
@@ -179,6 +182,9 @@ class WindowScorer(ABC):
     @abstractmethod
     def scores(self) -> dict[Hashable, float]:
         """Run every queued row; the probability of every masked volume whose windows have all run."""
+
+    def close(self) -> None:  # noqa: B027 - a scorer without a progress bar has nothing to close
+        """The last :meth:`scores` was read: close the progress bar."""
 
 
 class WindowPasses(ABC):

@@ -45,6 +45,7 @@ from medcam.core.perturbation import baseline_image, blend, resize
 from medcam.core.probe import Probe
 from medcam.core.windows import Job, WeightedLogits, at
 from medcam.methods.base import (
+    COST_LOGGER,
     Combine,
     CombineStitcher,
     PostProcessing,
@@ -57,7 +58,6 @@ from medcam.methods.base import (
 
 logger = logging.getLogger(__name__)
 # the cost of a region method over windows, announced before the masked passes start (the CLI shows it)
-COST_LOGGER = "medcam.cost"
 cost_logger = logging.getLogger(COST_LOGGER)
 
 CACHE_BYTES = 1 << 30  # windows' feature maps kept at feature resolution
@@ -263,6 +263,8 @@ class RegionWindowStitcher(WindowStitcher):
         raws = region_maps(run, extra_volumes=0)
         self.maps = {alias: self.context.post.apply(raw, self.context.layout.spatial) for alias, raw in raws.items()}
         self.stats = run_stats(run)
+        assert run.scorer is not None
+        run.scorer.close()
 
     def finish(self) -> WindowMaps:
         return WindowMaps(self.maps, {}, self.stats)
@@ -289,7 +291,10 @@ def _plan_masks(run: _Run, alias: str, sample: int, total: int) -> Tensor:
 
 
 def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
-    """The raw region map ``(N, *spatial)`` of every layer (before ReLU and normalisation)."""
+    """The raw region map ``(N, *spatial)`` of every layer (before ReLU and normalisation).
+
+    ``extra_volumes``: masked volumes per sample the caller scores afterwards (counted in the announced cost).
+    """
     region, context, passes = run.region, run.context, run.passes
     if region.needs_gradients and not run.weights:
         run.gradient_pass(None)
@@ -299,10 +304,11 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
     windows = len(context.layout.slices) * context.samples
     plans = {(a, n): _plan_masks(run, a, n, count) for a, count in run.counts.items() for n in samples}
     planned = sum(len(rows) * len(passes.meeting[n]) for (_, n), rows in plans.items())
-    planned += ((region.baseline is not None) + extra_volumes * len(run.counts)) * meeting
+    planned += ((region.baseline is not None) + extra_volumes) * meeting
     per_pass = run.clean_seconds / max(run.clean_passes, 1)
     cost_logger.info(
-        "%s: %d masked window passes (%s maps x %d of %d windows meeting M), about %.1f s at %.4f s per window",
+        "%s: %d masked window passes (%s maps x %d of %d windows meeting M), about %.1f s at %.4f s per window "
+        "(constant maps, found while stitching, are skipped)",
         run.name,
         planned,
         "+".join(str(c) for c in run.counts.values()),
@@ -450,7 +456,7 @@ class EnsembleWindowStitcher(WindowStitcher):
         run = _Run(passes, context, self.region, self.name)
         run.gradient_pass(self.gradient.take)
         gradient_maps = self.gradient.finish().maps
-        raws = region_maps(run, extra_volumes=4)
+        raws = region_maps(run, extra_volumes=1 + 3 * len(context.layers))
         region_maps_ = {alias: INTERNAL.apply(raw, spatial) for alias, raw in raws.items()}
         del raws
         x = passes.padded_x[(slice(None), slice(None), *run.crop)].float()
@@ -475,7 +481,7 @@ class EnsembleWindowStitcher(WindowStitcher):
 
         empty_mask = run.volume_mask(torch.zeros(spatial))
         for n in samples:
-            run.masked(n, ("empty", n), empty_mask, base if base is not None else torch.zeros_like(passes.padded_x))
+            run.masked(n, ("empty", n), empty_mask, base)  # base None: X * 0, the all-zeros volume
         if self.name == "fusioncam":
             first = {a: denoise_below_percentile(m, self.theta) for a, m in gradient_maps.items()}
         else:
@@ -518,6 +524,7 @@ class EnsembleWindowStitcher(WindowStitcher):
                 chosen[alias] = ["combined" if b else "region" for b in better.tolist()]
             self.stats = {"chosen": chosen}
         self.stats.update(run_stats(run))
+        run.scorer.close()
 
     def finish(self) -> WindowMaps:
         return WindowMaps(self.maps, self.extras, self.stats)

@@ -47,6 +47,7 @@ from medcam.core.windows import (
 )
 from medcam.errors import UserError
 from medcam.methods.base import (
+    COST_LOGGER,
     CAMMethod,
     PostProcessing,
     WindowContext,
@@ -302,6 +303,7 @@ class MaskedVolumeScorer(WindowScorer):
         self._sums: dict[Hashable, Tensor] = {}
         self._seen: dict[Hashable, int] = {}
         self._done: dict[Hashable, float] = {}
+        self._label = label
         self._bar = tqdm(total=total, desc=label, unit="pass", disable=not passes.progress, leave=False)
 
     def _where(self, sample: int, window: Window) -> tuple[Tensor, Tensor, Tensor]:
@@ -345,6 +347,16 @@ class MaskedVolumeScorer(WindowScorer):
         self.seconds += time.perf_counter() - start
         self.forwards += 1
         self.passes += len(rows)
+        if self.forwards == 1 and self._bar.total:
+            per_row = self.seconds / len(rows)
+            logging.getLogger(COST_LOGGER).info(
+                "%s: %.4f s per masked window on the first batch of %d; about %.0f s for %d passes",
+                self._label,
+                per_row,
+                len(rows),
+                per_row * self._bar.total,
+                self._bar.total,
+            )
         for row, (sample, key, window, _) in enumerate(rows):
             inside, place, share = self._where(sample, window)
             if key not in self._sums:
@@ -363,10 +375,11 @@ class MaskedVolumeScorer(WindowScorer):
     def scores(self) -> dict[Hashable, float]:
         while self._pending:
             self._run()
-        if self._bar.n >= (self._bar.total or 0):
-            self._bar.close()
         done, self._done = self._done, {}
         return done
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 __all__ = [
