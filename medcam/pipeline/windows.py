@@ -14,7 +14,12 @@ method's business (the window protocol, :class:`medcam.methods.base.WindowStitch
   after stitching. With one window covering the volume the raw map equals
   ``medcam.explain(..., relu=False, normalize=None)``.
 * RobustCAM runs its augmentation views per window and stitches fused maps,
-  uncertainties and valid-view counts (:mod:`medcam.methods.robust.windows`).
+  uncertainties and valid-view counts (:mod:`medcam.methods.robust.windows`); with a
+  region base each view of the whole volume runs through this loop again
+  (:mod:`medcam.methods.robust.volume_views`, :meth:`WindowPasses.explain`).
+* region and ensemble methods score whole masked volumes with the sliding-window
+  predictor restricted to the windows that meet M (:class:`MaskedVolumeScorer`), after a
+  clean pass over every window (:mod:`medcam.methods.region_windows`).
 * a method without a stitcher (it scores whole inputs) runs once on the whole padded
   volume when it fits in one window, and otherwise stops with an error that says so.
 """
