@@ -293,3 +293,33 @@ def test_robustcam_with_a_region_base_fuses_views_of_the_whole_volume() -> None:
     )
     assert many.stats["windows"] > 1 and len(many.method_stats["views"]) == 4
     assert many.maps["b"].shape == (1, 24, 16, 16) and bool(torch.isfinite(many.maps["b"]).all())
+
+
+def test_levels_and_folder_batches_run_region_methods_over_windows(
+    kits_case: Path, kits_model: Path, tmp_path: Path
+) -> None:
+    import json
+
+    levels = tmp_path / "levels"
+    argv = ["explain", "--model", str(kits_model), "--class", "kidney", "--method", "scorecam", "--no-progress"]
+    assert main([*argv, "--volume", str(kits_case), "--levels", "--out", str(levels)]) == 0
+    stats = json.loads((levels / "summary.json").read_text())["method"]["stats"]
+    assert len(stats["layers"]) > 1 and all(layer["scored"] > 0 for layer in stats["layers"].values())
+    assert len(list((levels / "levels").glob("*.nii.gz"))) == len(stats["layers"])
+    batch = tmp_path / "batch"
+    code = main(
+        [
+            *argv[:-1],
+            "--method-option",
+            "batch_size=4",
+            "--folder",
+            str(kits_case.parent.parent),
+            "--out",
+            str(batch),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    summaries = list(batch.rglob("summary.json"))
+    assert len(summaries) == 1
+    assert json.loads(summaries[0].read_text())["method"]["options"]["batch_size"] == 4
