@@ -43,7 +43,7 @@ from medcam.core.combine import contribution_weights, denoise_below_percentile, 
 from medcam.core.ops import minmax, normalize, upsample
 from medcam.core.perturbation import baseline_image, blend, resize
 from medcam.core.probe import Probe
-from medcam.core.windows import Job, WeightedLogits, at
+from medcam.core.windows import Job, WeightedLogits
 from medcam.methods.base import (
     COST_LOGGER,
     Combine,
@@ -95,6 +95,7 @@ def _key(sample: int, window: tuple[slice, ...]) -> Hashable:
 
 
 def count_parts(total: int, budget: int) -> int:
+    """How many parts of at most ``budget`` bytes hold ``total`` bytes (at least one)."""
     return max(1, math.ceil(total / budget))
 
 
@@ -542,5 +543,4 @@ __all__ = [
     "EnsembleWindowStitcher",
     "RegionWindowStitcher",
     "WindowRegion",
-    "at",
 ]
