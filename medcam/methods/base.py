@@ -174,6 +174,7 @@ class WindowScorer(ABC):
     """
 
     passes: int = 0  # masked window rows run so far
+    seconds: float = 0.0  # spent in their forward passes
 
     @abstractmethod
     def add(self, sample: int, key: Hashable, window: Window, patch: Tensor) -> None:

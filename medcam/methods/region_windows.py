@@ -278,6 +278,8 @@ def run_stats(run: _Run) -> dict[str, Any]:
         "windows_meeting_M": [len(w) for w in run.passes.meeting],
         "clean_window_passes": run.clean_passes,
         "masked_window_passes": 0 if scorer is None else scorer.passes,
+        "masked_forward_s": 0.0 if scorer is None else round(scorer.seconds, 3),
+        "clean_pass_s": round(run.clean_seconds, 3),
         "precision": run.region.precision,
         "windowed": "masked volumes scored by the sliding-window predictor (docs/methods-region-fusion.md)",
     }
