@@ -362,7 +362,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
                 constant = -sum(float(w) * plan.lows[k] / plan.spans[k] for k, w in zip(keys, weights, strict=True))
             else:
                 coefficients = {k: float(p) for k, p in zip(keys, probabilities, strict=True)}
-            maps.append((_final(run, alias, n, coefficients, count, chunks) + constant).float())
+            maps.append(_final(run, alias, n, coefficients, count, chunks).add_(constant).float())
         raws[alias] = torch.stack(maps)
         run.layer_stats[alias] = layer
     return raws
