@@ -362,8 +362,8 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
                 constant = -sum(float(w) * plan.lows[k] / plan.spans[k] for k, w in zip(keys, weights, strict=True))
             else:
                 coefficients = {k: float(p) for k, p in zip(keys, probabilities, strict=True)}
-            maps.append(_final(run, alias, n, coefficients, count, chunks).add_(constant).float())
-        raws[alias] = torch.stack(maps)
+            maps.append(_final(run, alias, n, coefficients, constant, count, chunks))
+        raws[alias] = maps[0][None] if len(maps) == 1 else torch.stack(maps)
         run.layer_stats[alias] = layer
     return raws
 
@@ -396,30 +396,36 @@ def _score_masks(run: _Run, plan: _Region, rows: Tensor, base: Tensor | None, *,
         del stitched
 
 
-def _final(run: _Run, alias: str, sample: int, coefficients: dict[int, float], count: int, chunks: int) -> Tensor:
-    """``sum_q c_q G_q`` on the volume: one stitch of the coefficient-weighted window sources."""
+def _final(
+    run: _Run, alias: str, sample: int, coefficients: dict[int, float], constant: float, count: int, chunks: int
+) -> Tensor:
+    """``sum_q c_q G_q + constant`` on the volume: one stitch of the coefficient-weighted window sources.
+
+    The blending weights sum to 1 at every voxel and so do the interpolation weights, so the
+    constant is added to each window's mix at feature resolution, in float64 with the mix:
+    Group-CAM's ``sum_g s_g (G_g - low_g) / span_g`` subtracts large, nearly equal terms,
+    and the result, of the map's own size, is then stitched in float32 (one volume).
+    """
     weights = torch.zeros(count, dtype=torch.float64)
     for k, c in coefficients.items():
         weights[k] = c
-    if chunks == 1:
-        view = (-1, *([1] * (run.context.layout.importance.ndim)))
-        # in float64: Group-CAM's sum_g s_g (G_g - low_g) / span_g subtracts large, nearly equal terms
-        total = run.stitch(
-            alias, sample, lambda src: (src.double() * weights.view(view)).sum(0, keepdim=True), 1, dtype=torch.float64
-        )
-        first: tuple[Any, ...] = (0, *run.crop)
-        return total[first]
-    # the sources did not fit the cache: one more clean pass, mixing every window as it comes
+    view = (-1, *([1] * (run.context.layout.importance.ndim)))
+
+    def mix(src: Tensor) -> Tensor:
+        return ((src.double() * weights.view(view)).sum(0, keepdim=True) + constant).float()
+
     layout = run.context.layout
-    total = torch.zeros(layout.padded, dtype=torch.float64)
-    for jobs, activations in run.captures():
-        found = run.sources(alias, activations[alias], jobs).cpu()
-        for row, (b, window) in enumerate(jobs):
-            if b != sample:
-                continue
-            mixed = torch.tensordot(weights, found[row].double(), dims=1)[None]
-            total[window] += upsample(mixed, layout.roi)[0] * run.importance.double()
-    return total.div_(run.norm.double())[run.crop]
+    if chunks == 1:
+        total = run.stitch(alias, sample, mix, 1)[0]
+    else:  # the sources did not fit the cache: one more clean pass, mixing every window as it comes
+        total = torch.zeros(layout.padded)
+        for jobs, activations in run.captures():
+            found = run.sources(alias, activations[alias], jobs).cpu()
+            for row, (b, window) in enumerate(jobs):
+                if b == sample:
+                    total[window] += resize(mix(found[row]), layout.roi)[0] * run.importance
+        total.div_(run.norm)
+    return total[run.crop]
 
 
 class EnsembleWindowStitcher(WindowStitcher):
