@@ -27,6 +27,7 @@ method's business (the window protocol, :class:`medcam.methods.base.WindowStitch
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,6 +64,9 @@ from medcam.methods.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+# voxels of masked windows per forward pass of a region method (2^22: 4 windows of 96^3, 16 of 64^3)
+MAX_BATCH_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -295,11 +299,21 @@ class MaskedVolumeScorer(WindowScorer):
         from medcam.methods.region import autocast_dtype, check_region_options
 
         check_region_options(batch_size, precision, "auto")
+        roi = math.prod(passes.layout.roi)
+        # activation memory grows with the voxels of a batch: big windows (96^3) take fewer rows per forward
+        self.batch_size = min(batch_size, max(1, MAX_BATCH_VOXELS // roi))
+        if self.batch_size < batch_size:
+            logger.info(
+                "%s: %d masked windows per forward (batch_size=%d; windows of %d voxels)",
+                label,
+                self.batch_size,
+                batch_size,
+                roi,
+            )
         self.passes = 0
         self.forwards = 0
         self.seconds = 0.0
         self._owner = passes
-        self.batch_size = batch_size
         self.dtype = autocast_dtype(passes.probe.device, precision)
         self._index: dict[Hashable, tuple[Tensor, Tensor, Tensor]] = {}
         self._everywhere: dict[int, Tensor] = {}
