@@ -198,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
     from medcam.cli.method_options import parse_method_options
     from medcam.errors import UserError, one_line
 
+    if not args.no_progress:
+        # the cost of a region method over windows is announced before its passes start
+        from medcam.methods.base import COST_LOGGER
+
+        logging.getLogger(COST_LOGGER).setLevel(logging.INFO)
     # one options object per run, field by field the CLI options (ExplainOptions' docstring);
     # building it builds the method, so a bad method or option stops here
     options = pipeline.ExplainOptions(

@@ -1,17 +1,19 @@
 """The method contract: a method turns a probe, an input, a target and layers into maps.
 
-It also says how it runs over sliding windows (the window protocol): a method whose
-maps add up over windows returns a :class:`WindowStitcher` from
-:meth:`CAMMethod.window_stitcher`; the one window loop
-(:func:`medcam.pipeline.windows.sliding_window_cam`) hands it each window's share of
-the target and never asks what kind of method it is. A method that returns ``None``
-scores whole inputs and runs only when the volume fits one window.
+It also says how it runs over sliding windows (the window protocol): a method returns a
+:class:`WindowStitcher` from :meth:`CAMMethod.window_stitcher`; the one window loop
+(:func:`medcam.pipeline.windows.sliding_window_cam`) hands it :class:`WindowPasses`
+(each window's share of the target, clean passes over every window, a
+:class:`WindowScorer` of masked volumes) and never asks what kind of method it is. A
+method whose maps add up over windows only implements :meth:`WindowStitcher.add`; a
+region method scores whole masked volumes and overrides :meth:`WindowStitcher.run`. A
+method that returns ``None`` runs only when the volume fits one window.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,9 +23,12 @@ from torch import Tensor
 from medcam.core.ops import Normalization, finalize, upsample
 from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
-from medcam.core.windows import Job, WeightedLogits, WindowLayout, at
+from medcam.core.windows import Job, WeightedLogits, Window, WindowLayout, at
 
 Combine = Callable[[Tensor, Tensor], Tensor]
+
+# the logger on which a method announces the cost of its passes over windows before they start (the CLI shows it)
+COST_LOGGER = "medcam.cost"
 
 
 @dataclass(frozen=True)
@@ -158,14 +163,77 @@ class WindowMaps:
     method_stats: dict[str, Any] = field(default_factory=dict)
 
 
+class WindowScorer(ABC):
+    """Scores masked volumes with the sliding-window predictor, re-running only the windows that meet M.
+
+    A masked volume (``key``) is handed over window by window: its input on every window
+    of its sample that meets M (:attr:`WindowPasses.meeting`). Rows from many keys share
+    batched forward passes; the blended logits are stitched on M only (the windows that
+    miss M carry no weight there), and :meth:`scores` gives each key's target
+    probability: the mean class probability over M of the stitched prediction.
+    """
+
+    passes: int = 0  # masked window rows run so far
+    seconds: float = 0.0  # spent in their forward passes
+
+    @abstractmethod
+    def add(self, sample: int, key: Hashable, window: Window, patch: Tensor) -> None:
+        """Queue the masked input ``(C, *roi)`` of volume ``key`` on ``window`` of ``sample``."""
+
+    @abstractmethod
+    def scores(self) -> dict[Hashable, float]:
+        """Run every queued row; the probability of every masked volume whose windows have all run."""
+
+    def close(self) -> None:  # noqa: B027 - a scorer without a progress bar has nothing to close
+        """The last :meth:`scores` was read: close the progress bar."""
+
+
+class WindowPasses(ABC):
+    """What the window loop offers a stitcher: passes over the windows of one call.
+
+    ``padded_x`` is the input on the padded model grid; ``meeting[n]`` the windows of
+    sample ``n`` that meet M (in window order).
+    """
+
+    probe: Probe
+    padded_x: Tensor
+    meeting: list[list[Window]]
+    progress: bool
+
+    @abstractmethod
+    def target_batches(self, rows: int | None, label: str) -> Iterator[tuple[Tensor, WeightedLogits, list[Job]]]:
+        """The windows that meet M in batches of at most ``rows`` (``None``: the window batch size), with their
+        share of the target; a progress bar over windows labelled ``label``."""
+
+    @abstractmethod
+    def clean_batches(self) -> Iterator[tuple[Tensor, list[Job]]]:
+        """Every window of every sample (window batch size rows), the padded input's patches."""
+
+    @abstractmethod
+    def explain(
+        self, method: CAMMethod, x: Tensor, target: BoundTarget, post: PostProcessing
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The window loop itself on another input of the volume's size (a view of it), with a bound target:
+        maps on the volume and the method's statistics."""
+
+    @abstractmethod
+    def pad(self, image: Tensor) -> Tensor:
+        """An image ``(N, C, *spatial)`` on the padded model grid, padded as the input is."""
+
+    @abstractmethod
+    def scorer(self, *, batch_size: int, precision: str, total: int, label: str) -> WindowScorer:
+        """A scorer of masked volumes: ``batch_size`` rows per forward, ``precision`` as the region methods'
+        option, a progress bar over ``total`` rows labelled ``label``."""
+
+
 class WindowStitcher(ABC):
     """A method's partial results over the windows of one volume, and how they add up.
 
     The window loop calls :meth:`skip` for every window that misses M (in window order,
-    before any pass), then :meth:`add` for the windows that meet M, in batches of at most
-    ``rows`` windows (``None``: the window batch size), each batch with its share of the
-    target (:class:`~medcam.core.windows.WeightedLogits`); :meth:`finish` crops to the
-    volume and post-processes.
+    before any pass), then :meth:`run`, then :meth:`finish`, which crops to the volume
+    and post-processes. The default :meth:`run` calls :meth:`add` for the windows that
+    meet M, in batches of at most ``rows`` windows (``None``: the window batch size),
+    each batch with its share of the target (:class:`~medcam.core.windows.WeightedLogits`).
     """
 
     rows: int | None = None
@@ -173,6 +241,11 @@ class WindowStitcher(ABC):
 
     def skip(self, sample: int, window: tuple[slice, ...]) -> None:  # noqa: B027 - most methods ignore it
         """A window that misses M: its map is zero; a stitcher may still count it."""
+
+    def run(self, passes: WindowPasses) -> None:
+        """All passes of this method; by default one :meth:`add` per batch of windows meeting M."""
+        for patches, target, jobs in passes.target_batches(self.rows, self.label):
+            self.add(passes.probe, patches, target, jobs)
 
     @abstractmethod
     def add(self, probe: Probe, patches: Tensor, target: WeightedLogits, jobs: Sequence[Job]) -> None:
@@ -193,7 +266,10 @@ class CombineStitcher(WindowStitcher):
         self.sums = {alias: torch.zeros(padded, dtype=torch.float32) for alias in context.layers}
 
     def add(self, probe: Probe, patches: Tensor, target: WeightedLogits, jobs: Sequence[Job]) -> None:
-        capture = probe.capture(patches, self.context.layers, target, gradients=True)
+        self.take(probe.capture(patches, self.context.layers, target, gradients=True), jobs)
+
+    def take(self, capture: Capture, jobs: Sequence[Job]) -> None:
+        """Add the raw maps of a captured batch of windows (with gradients) to the sums."""
         assert capture.gradients is not None
         for alias, acts in capture.activations.items():
             raw = upsample(self.combine(acts, capture.gradients[alias]).float(), self.context.layout.roi).cpu()

@@ -32,7 +32,15 @@ from medcam.core.perturbation import BASELINES, baseline_image
 from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing
+from medcam.methods.base import (
+    CAMMethod,
+    Combine,
+    GradientMethod,
+    MethodResult,
+    PostProcessing,
+    WindowContext,
+    WindowStitcher,
+)
 from medcam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
 from medcam.methods.region import (
     DEFAULT_BATCH_SIZE,
@@ -43,6 +51,7 @@ from medcam.methods.region import (
     ScoreQueue,
     check_region_options,
 )
+from medcam.methods.region_windows import EnsembleWindowStitcher
 
 GRADIENT_PARTS: dict[str, type[GradientMethod]] = {
     GradCAM.name: GradCAM,
@@ -159,6 +168,21 @@ class EnsembleMethod(CAMMethod):
         stats.update(forward_passes=queue.forwards + 1, scored_inputs=queue.images, precision=queue.precision)
         return MethodResult(maps, capture.target, capture.output, extras=extras, stats=stats)
 
+    def window_gradient(self) -> Combine:
+        """The gradient part's per-window ``(A, G) -> raw map``, stitched like the gradient methods' maps."""
+        raise NotImplementedError
+
+    def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
+        """Over sliding windows: :class:`~medcam.methods.region_windows.EnsembleWindowStitcher`."""
+        return EnsembleWindowStitcher(
+            context,
+            self.region_method().window_region(),
+            name=self.name,
+            gradient=self.window_gradient(),
+            theta=self.theta,
+            baseline=self.baseline,
+        )
+
     @abstractmethod
     def ensemble(
         self,
@@ -217,6 +241,9 @@ class FusionCAM(EnsembleMethod):
             groups=groups,
             memory_format=memory_format,
         )
+
+    def window_gradient(self) -> Combine:
+        return GRADIENT_PARTS[self.gradient]().combine
 
     def ensemble(
         self,
@@ -299,6 +326,9 @@ class UnionCAM(EnsembleMethod):
             groups=groups,
             memory_format=memory_format,
         )
+
+    def window_gradient(self) -> Combine:
+        return self.gradient_map
 
     def gradient_map(self, acts: Tensor, gradients: Tensor) -> Tensor:
         """Raw Union-CAM gradient map ``(N, *s)`` from denoised, per-channel normalised positive gradients."""

@@ -38,7 +38,8 @@ from medcam.core.perturbation import (
 from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, MethodResult, PostProcessing
+from medcam.methods.base import CAMMethod, MethodResult, PostProcessing, WindowContext, WindowStitcher
+from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +301,10 @@ class RegionMethod(CAMMethod):
         """Whether the captured pass must include the gradients of the target score."""
         return self.needs_gradients
 
+    def window_region(self) -> WindowRegion:
+        """How this method's masks are built and weighted over sliding windows."""
+        raise NotImplementedError
+
     @abstractmethod
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         """Queue this method's masked inputs; the returned callable gives maps ``(N, *S)`` per layer.
@@ -434,6 +439,14 @@ class ScoreCAM(RegionMethod):
 
         return finish
 
+    def window_region(self) -> WindowRegion:
+        """Score-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`)."""
+        return WindowRegion(self.name, self.batch_size, self.precision, max_channels=self.max_channels)
+
+    def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
+        # pytorch-grad-cam's variant (logit softmax over channels) is defined on whole inputs only
+        return None if self.weights == "softmax_over_channels" else RegionWindowStitcher(context, self.window_region())
+
     def _chosen_channels(self, capture: Capture, alias: str, acts: Tensor) -> list[Tensor]:
         count, channels = acts.shape[0], acts.shape[1]
         if self.max_channels is None or self.max_channels >= channels:
@@ -488,6 +501,24 @@ class GroupCAM(RegionMethod):
         weighted = weights.view(*weights.shape, *([1] * (acts.ndim - 2))) * acts.float()
         chunks = torch.tensor_split(weighted, min(self.groups, acts.shape[1]), dim=1)
         return torch.stack([chunk.sum(dim=1) for chunk in chunks], dim=1).clamp_min(0)
+
+    def window_region(self) -> WindowRegion:
+        """Group-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`)."""
+
+        def blurred(x: Tensor) -> Tensor:
+            return blur_baseline(x, self.blur_kernel, self.blur_sigma)
+
+        return WindowRegion(
+            self.name,
+            self.batch_size,
+            self.precision,
+            group_maps=self.group_maps,
+            group_scores=group_scores,
+            baseline=blurred,
+        )
+
+    def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
+        return RegionWindowStitcher(context, self.window_region())
 
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         if capture.gradients is None:

@@ -14,7 +14,12 @@ method's business (the window protocol, :class:`medcam.methods.base.WindowStitch
   after stitching. With one window covering the volume the raw map equals
   ``medcam.explain(..., relu=False, normalize=None)``.
 * RobustCAM runs its augmentation views per window and stitches fused maps,
-  uncertainties and valid-view counts (:mod:`medcam.methods.robust.windows`).
+  uncertainties and valid-view counts (:mod:`medcam.methods.robust.windows`); with a
+  region base each view of the whole volume runs through this loop again
+  (:mod:`medcam.methods.robust.volume_views`, :meth:`WindowPasses.explain`).
+* region and ensemble methods score whole masked volumes with the sliding-window
+  predictor restricted to the windows that meet M (:class:`MaskedVolumeScorer`), after a
+  clean pass over every window (:mod:`medcam.methods.region_windows`).
 * a method without a stitcher (it scores whole inputs) runs once on the whole padded
   volume when it fits in one window, and otherwise stops with an error that says so.
 """
@@ -22,7 +27,8 @@ method's business (the window protocol, :class:`medcam.methods.base.WindowStitch
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +43,7 @@ from medcam.core.windows import (
     Job,
     SlidingWindow,
     WeightedLogits,
+    Window,
     WindowError,
     WindowLayout,
     at,
@@ -45,9 +52,21 @@ from medcam.core.windows import (
     window_weights,
 )
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, PostProcessing, WindowContext, WindowStitcher, window_combine
+from medcam.methods.base import (
+    COST_LOGGER,
+    CAMMethod,
+    PostProcessing,
+    WindowContext,
+    WindowPasses,
+    WindowScorer,
+    WindowStitcher,
+    window_combine,
+)
 
 logger = logging.getLogger(__name__)
+
+# voxels of masked windows per forward pass of a region method (2^22: 4 windows of 96^3, 16 of 64^3)
+MAX_BATCH_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -154,12 +173,9 @@ def _windows(
     prediction: Tensor,
     progress: bool,
 ) -> WindowCAMResult:
-    """The window loop: skip the windows that miss M, hand the others to the method in batches."""
-    from tqdm.auto import tqdm
-
+    """The window loop: skip the windows that miss M, let the method run its passes over the others."""
     assert bound.mask is not None
     n = context.samples
-    stitched = layout.pad_like(prediction.detach())
     mask = layout.pad_like(bound.mask.to(prediction.device).bool())  # bool: 1 byte per voxel
     jobs: list[Job] = []
     for b in range(n):
@@ -168,21 +184,8 @@ def _windows(
                 jobs.append((b, w))
             else:
                 stitcher.skip(b, w)
-    rows = min(stitcher.rows, window.batch_size) if stitcher.rows else window.batch_size
-    batches = [jobs[i : i + rows] for i in range(0, len(jobs), rows)]
-    bar = tqdm(total=len(jobs), desc=stitcher.label, unit="window", disable=not progress, leave=False)
-    try:
-        for batch in batches:
-            patches = torch.cat([padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch])
-            weights = torch.cat(
-                [window_weights(bound, stitched, mask, context.importance, context.norm, b, w) for b, w in batch]
-            )
-            classes = torch.stack([bound.classes[b] for b, _ in batch])
-            target: WeightedLogits = window_target(bound, weights, classes)
-            stitcher.add(probe, patches, target, batch)
-            bar.update(len(batch))
-    finally:
-        bar.close()
+    passes = _Passes(probe, padded_x, bound, layout, window, context, prediction, mask, jobs, progress)
+    stitcher.run(passes)
     found = stitcher.finish()
     device = padded_x.device
     stats = window_stats(layout, window, windows=len(layout.slices) * n, with_backward=len(jobs))
@@ -195,6 +198,207 @@ def _windows(
         stats,
         found.method_stats,
     )
+
+
+class _Passes(WindowPasses):
+    """The loop's passes over one call's windows (:class:`~medcam.methods.base.WindowPasses`)."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        padded_x: Tensor,
+        bound: BoundTarget,
+        layout: WindowLayout,
+        window: SlidingWindow,
+        context: WindowContext,
+        prediction: Tensor,
+        mask: Tensor,
+        jobs: list[Job],
+        progress: bool,
+    ) -> None:
+        self.probe = probe
+        self.padded_x = padded_x
+        self.bound = bound
+        self.layout = layout
+        self.window = window
+        self.context = context
+        self.prediction = prediction
+        self.mask = mask
+        self.jobs = jobs
+        self.progress = progress
+        self.meeting = [[w for b, w in jobs if b == sample] for sample in range(context.samples)]
+
+    def target_batches(self, rows: int | None, label: str) -> Iterator[tuple[Tensor, WeightedLogits, list[Job]]]:
+        from tqdm.auto import tqdm
+
+        bound, context, padded_x, jobs = self.bound, self.context, self.padded_x, self.jobs
+        stitched = self.layout.pad_like(self.prediction.detach())
+        size = min(rows, self.window.batch_size) if rows else self.window.batch_size
+        batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        bar = tqdm(total=len(jobs), desc=label, unit="window", disable=not self.progress, leave=False)
+        try:
+            for batch in batches:
+                patches = torch.cat([padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch])
+                weights = torch.cat(
+                    [
+                        window_weights(bound, stitched, self.mask, context.importance, context.norm, b, w)
+                        for b, w in batch
+                    ]
+                )
+                classes = torch.stack([bound.classes[b] for b, _ in batch])
+                target: WeightedLogits = window_target(bound, weights, classes)
+                yield patches, target, batch
+                bar.update(len(batch))
+        finally:
+            bar.close()
+
+    def clean_batches(self) -> Iterator[tuple[Tensor, list[Job]]]:
+        every = [(b, w) for b in range(self.context.samples) for w in self.layout.slices]
+        size = self.window.batch_size
+        for i in range(0, len(every), size):
+            batch = every[i : i + size]
+            yield torch.cat([self.padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch]), batch
+
+    def explain(
+        self, method: CAMMethod, x: Tensor, target: BoundTarget, post: PostProcessing
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        probe = self.probe
+        found = sliding_window_cam(
+            probe.model, x, method, target, self.context.layers, self.window, post=post, output=probe.selector,
+            progress=self.progress,
+        )  # fmt: skip
+        return found.maps, found.method_stats
+
+    def pad(self, image: Tensor) -> Tensor:
+        return self.layout.pad_input(image, self.window.padding_mode, self.window.cval)
+
+    def scorer(self, *, batch_size: int, precision: str, total: int, label: str) -> WindowScorer:
+        if self.window.padding_mode != "constant" and any(self.layout.pad):
+            raise UserError(
+                "region methods over sliding windows need padding_mode='constant' (a masked volume is padded "
+                "like the input); use the default padding"
+            )
+        return MaskedVolumeScorer(self, batch_size=batch_size, precision=precision, total=total, label=label)
+
+
+class MaskedVolumeScorer(WindowScorer):
+    """The sliding-window predictor on masked volumes, restricted to the windows that meet M.
+
+    For a masked volume X' the stitched logits on M are
+    ``Y'(p) = sum over windows w meeting M of imp_w(p) y_w(X')(p) / norm(p)``: a window
+    that misses M has no weight on M, so it is never run. Each window's voxels of M are
+    indexed once (their place in M and their blending weight); rows of many masked
+    volumes share batches of ``batch_size`` windows; each volume's logits on M are
+    summed as its rows come back and turned into the target probability (mean over M)
+    once all its windows have run.
+    """
+
+    def __init__(self, passes: _Passes, *, batch_size: int, precision: str, total: int, label: str) -> None:
+        from tqdm.auto import tqdm
+
+        from medcam.methods.region import autocast_dtype, check_region_options
+
+        check_region_options(batch_size, precision, "auto")
+        roi = math.prod(passes.layout.roi)
+        # activation memory grows with the voxels of a batch: big windows (96^3) take fewer rows per forward
+        self.batch_size = min(batch_size, max(1, MAX_BATCH_VOXELS // roi))
+        if self.batch_size < batch_size:
+            logger.info(
+                "%s: %d masked windows per forward (batch_size=%d; windows of %d voxels)",
+                label,
+                self.batch_size,
+                batch_size,
+                roi,
+            )
+        self.passes = 0
+        self.forwards = 0
+        self.seconds = 0.0
+        self._owner = passes
+        self.dtype = autocast_dtype(passes.probe.device, precision)
+        self._index: dict[Hashable, tuple[Tensor, Tensor, Tensor]] = {}
+        self._everywhere: dict[int, Tensor] = {}
+        self._sizes = [int(passes.mask[b].sum()) for b in range(passes.context.samples)]
+        self._pending: list[tuple[int, Hashable, Window, Tensor]] = []
+        self._sums: dict[Hashable, Tensor] = {}
+        self._seen: dict[Hashable, int] = {}
+        self._done: dict[Hashable, float] = {}
+        self._label = label
+        self._bar = tqdm(total=total, desc=label, unit="pass", disable=not passes.progress, leave=False)
+
+    def _where(self, sample: int, window: Window) -> tuple[Tensor, Tensor, Tensor]:
+        """Flat voxel indices of M inside ``window``, their positions in M's list, their blending weights."""
+        key = (sample, *(int(s.start) for s in window))
+        if key not in self._index:
+            owner = self._owner
+            inside = owner.mask[at(sample, window)].flatten().nonzero().flatten()
+            spatial = owner.layout.padded
+            coords = torch.stack(torch.unravel_index(inside, tuple(int(s.stop - s.start) for s in window)), dim=1)
+            starts = torch.tensor([int(s.start) for s in window], device=coords.device)
+            flat = torch.tensor(0, device=coords.device)
+            for axis, size in enumerate(spatial):
+                flat = flat * size + coords[:, axis] + starts[axis]
+            everywhere = owner.mask[sample].flatten().nonzero().flatten()
+            place = torch.searchsorted(everywhere, flat)
+            share = (owner.context.importance / owner.context.norm[window]).flatten()[
+                inside.to(owner.context.norm.device)
+            ]
+            self._index[key] = (inside, place, share.float())
+        return self._index[key]
+
+    def add(self, sample: int, key: Hashable, window: Window, patch: Tensor) -> None:
+        self._pending.append((sample, key, window, patch))
+        if len(self._pending) >= self.batch_size:
+            self._run()
+
+    def _run(self) -> None:
+        import time
+        from contextlib import nullcontext
+
+        rows, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
+        if not rows:
+            return
+        probe = self._owner.probe
+        start = time.perf_counter()
+        batch = torch.stack([patch for _, _, _, patch in rows]).to(probe.device)
+        autocast = nullcontext() if self.dtype is None else torch.autocast(probe.device.type, dtype=self.dtype)
+        with torch.inference_mode(), autocast:
+            logits = probe.forward(batch).float()
+        self.seconds += time.perf_counter() - start
+        self.forwards += 1
+        self.passes += len(rows)
+        if self.forwards == 1 and self._bar.total:
+            per_row = self.seconds / len(rows)
+            logging.getLogger(COST_LOGGER).info(
+                "%s: %.4f s per masked window on the first batch of %d; about %.0f s for %d passes",
+                self._label,
+                per_row,
+                len(rows),
+                per_row * self._bar.total,
+                self._bar.total,
+            )
+        for row, (sample, key, window, _) in enumerate(rows):
+            inside, place, share = self._where(sample, window)
+            if key not in self._sums:
+                self._sums[key] = torch.zeros(logits.shape[1], self._sizes[sample], device=logits.device)
+                self._seen[key] = 0
+            values = logits[row].flatten(1)[:, inside.to(logits.device)] * share.to(logits.device)
+            self._sums[key].index_add_(1, place.to(logits.device), values)
+            self._seen[key] += 1
+            if self._seen[key] == len(self._owner.meeting[sample]):
+                stitched = self._sums.pop(key)
+                del self._seen[key]
+                target = self._owner.bound.select(slice(sample, sample + 1))
+                self._done[key] = float(target.probability_map(stitched[None]).mean())
+        self._bar.update(len(rows))
+
+    def scores(self) -> dict[Hashable, float]:
+        while self._pending:
+            self._run()
+        done, self._done = self._done, {}
+        return done
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 __all__ = [

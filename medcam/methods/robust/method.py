@@ -41,9 +41,18 @@ from medcam.core.ops import Normalization, normalize
 from medcam.core.probe import Probe
 from medcam.core.targets import BoundTarget, Target, TargetError
 from medcam.errors import UserError
-from medcam.methods.base import CAMMethod, GradientMethod, MethodResult, PostProcessing, WindowContext, WindowStitcher
+from medcam.methods.base import (
+    CAMMethod,
+    GradientMethod,
+    MethodResult,
+    PostProcessing,
+    WindowContext,
+    WindowStitcher,
+    window_combine,
+)
 from medcam.methods.components import create_component
 from medcam.methods.robust.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
+from medcam.methods.robust.volume_views import ViewVolumeStitcher
 from medcam.methods.robust.windows import RobustStitcher
 
 logger = logging.getLogger(__name__)
@@ -282,7 +291,13 @@ class RobustCAM(CAMMethod):
         return views
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
-        """The views run inside each window; fused maps, uncertainties and counts stitch (docs/robustcam.md)."""
+        """The views run inside each window; fused maps, uncertainties and counts stitch (docs/robustcam.md).
+
+        A base without per-window maps (a region method) explains each view of the whole volume over windows.
+        """
+        base = self.resolve_base(context.target)
+        if window_combine(base) is None and base.window_stitcher(context) is not None:
+            return ViewVolumeStitcher(self, context, base, normalization_scale)
         return RobustStitcher(self, context)
 
     def resolve_base(self, target: BoundTarget) -> CAMMethod:
