@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: medcam_<input name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="network precision for prediction and CAM: bf16 autocast where the CPU/GPU has it natively, auto = "
+        "bf16 exactly there (default: fp32)",
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument(
         "--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending (default: gaussian)"
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         layer=level_layer(args),
         montage=Montage(args.montage_scale, args.montage_slices, args.montage_crop),
         device=args.device,
+        precision=args.precision,
         overlap=args.overlap,
         blend=args.blend,
         window_batch=args.window_batch,

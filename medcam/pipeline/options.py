@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medcam.core.ops import Normalization
+from medcam.core.precision import Precision, check_precision
 from medcam.core.windows import SlidingWindow
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, PostProcessing
@@ -40,6 +41,7 @@ class ExplainOptions:
     pixels: str = "predicted"
     layer: str | Sequence[str] = "auto"
     device: str = "cpu"
+    precision: Precision = "fp32"
     overlap: float = 0.25
     blend: str = "gaussian"
     window_batch: int = 1
@@ -54,6 +56,7 @@ class ExplainOptions:
     built: CAMMethod = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         object.__setattr__(self, "built", build_method(self.method, self.method_options))
 
     @classmethod

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medcam.api import explain, resolve_layers
+from medcam.core.precision import autocast, resolved, stages
 from medcam.core.targets import BoundTarget, PixelSet, Target, TargetError, parse_pixel_set
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod
@@ -174,6 +175,7 @@ def _explain(
         "versions": record.versions(),
         "seed": options.seed,
         "device": device,
+        "precision": resolved(torch.device(device), options.precision),
     }
     ranking = None
     if len(maps) > 1 or truth is not None:
@@ -241,17 +243,29 @@ def _cam(
     model, meta = loaded.bundle.model, loaded.bundle.meta
     if meta.task == "segmentation":
         window = options.window(meta.patch_size)
-        prediction = predict(model, x, window, progress=options.progress)
+        for_prediction, for_cam = stages(torch.device(device), options.precision)
+        with autocast(device, for_prediction):
+            prediction = predict(model, x, window, progress=options.progress)
         clock.lap("predict")
         bound = _bind(target, prediction, choice, definition, path)
-        result = sliding_window_cam(
-            model, x, cam, bound, layers, window, post=options.post, prediction=prediction, progress=options.progress
-        )
+        with autocast(device, for_cam):
+            result = sliding_window_cam(
+                model,
+                x,
+                cam,
+                bound,
+                layers,
+                window,
+                post=options.post,
+                prediction=prediction,
+                progress=options.progress,
+            )
         labels = labels_from_logits(prediction, meta.activation, dtype=label_dtype(prediction.shape[1]))
         del prediction  # the stitched logits are the largest array; free them before inverting
         clock.lap("cam")
         return _GridResult(result.maps, result.extras, bound, result.stats, result.method_stats, labels, {})
-    exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalize)
+    with autocast(device, stages(torch.device(device), options.precision)[1]):
+        exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalize)
     stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
     extras = {k: dict(v) for k, v in exp.extras.items()}
     clock.lap("cam")
