@@ -78,6 +78,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda[:N] (default: auto)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="network precision: bf16 = prediction and CAM under bfloat16 autocast where the CPU/GPU has it "
+        "natively; auto = bf16 prediction there, fp32 CAM (default: fp32)",
+    )
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default: 0.25)")
     parser.add_argument(
         "--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending (default: gaussian)"
@@ -215,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         montage_slices=args.montage_slices,
         montage_crop=args.montage_crop,
         device=args.device,
+        precision=args.precision,
         overlap=args.overlap,
         blend=args.blend,
         window_batch=args.window_batch,

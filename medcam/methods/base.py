@@ -118,8 +118,9 @@ class GradientMethod(CAMMethod):
     def maps(self, capture: Capture, size: tuple[int, ...], post: PostProcessing) -> dict[str, Tensor]:
         """Post-processed maps of every captured layer (shared with methods built on this one)."""
         assert capture.gradients is not None  # capture(gradients=True) always fills them
+        # float32 maps whatever precision the network ran in (bfloat16 autocast leaves bf16 tensors)
         return {
-            alias: post.apply(self.combine(acts, capture.gradients[alias]), size)
+            alias: post.apply(self.combine(acts.float(), capture.gradients[alias].float()), size)
             for alias, acts in capture.activations.items()
         }
 
@@ -272,7 +273,8 @@ class CombineStitcher(WindowStitcher):
         """Add the raw maps of a captured batch of windows (with gradients) to the sums."""
         assert capture.gradients is not None
         for alias, acts in capture.activations.items():
-            raw = upsample(self.combine(acts, capture.gradients[alias]).float(), self.context.layout.roi).cpu()
+            raw = self.combine(acts.float(), capture.gradients[alias].float())
+            raw = upsample(raw, self.context.layout.roi).cpu()
             for row, (sample, window) in enumerate(jobs):
                 self.sums[alias][at(sample, window)] += raw[row]
 

@@ -35,6 +35,7 @@ from medcam.core.perturbation import (
     blur_baseline,
     mask_to_input,
 )
+from medcam.core.precision import PRECISIONS, autocast_dtype
 from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
@@ -44,7 +45,6 @@ from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "contiguous")
 ScoreCAMWeights = Literal["probability", "softmax_over_channels"]
@@ -61,25 +61,6 @@ def check_region_options(batch_size: int, precision: str, memory_format: str) ->
         raise UserError(f"precision={precision!r} is not known; use one of {PRECISIONS}")
     if memory_format not in MEMORY_FORMATS:
         raise UserError(f"memory_format={memory_format!r} is not known; use one of {MEMORY_FORMATS}")
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``, or ``None`` for plain float32.
-
-    ``"bf16"`` is CPU autocast with bfloat16 where oneDNN supports it (else float32,
-    logged), and CUDA autocast with bfloat16 (float16 on GPUs without bfloat16).
-    """
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.bfloat16
-        logger.warning("precision='bf16' is not supported by this CPU; region forward passes run in float32")
-        return None
-    logger.warning("precision='bf16' is not supported on %s; region forward passes run in float32", device.type)
-    return None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medcam.core.ops import Normalization
+from medcam.core.precision import Precision, check_precision
 from medcam.core.windows import SlidingWindow
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, PostProcessing
@@ -46,6 +47,7 @@ class ExplainOptions:
     layer: str | Sequence[str] = "auto"
     levels: str | Sequence[str] | None = None
     device: str = "auto"
+    precision: Precision = "fp32"
     overlap: float = 0.25
     blend: str = "gaussian"
     window_batch: int = 1
@@ -70,6 +72,7 @@ class ExplainOptions:
         if self.levels is not None:
             object.__setattr__(self, "layer", levels_layer(self.levels, self.layer))
             object.__setattr__(self, "levels", None)
+        check_precision(self.precision)
         object.__setattr__(self, "built", build_method(self.method, self.method_options))
 
     @property

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medcam.api import explain, resolve_layers
+from medcam.core.precision import autocast, resolved, stages
 from medcam.core.targets import BoundTarget, PixelSet, Target, TargetError, parse_pixel_set
 from medcam.core.windows import SlidingWindow
 from medcam.errors import UserError
@@ -192,6 +193,7 @@ def _explain(
         "versions": record.versions(),
         "seed": options.seed,
         "device": device,
+        "precision": resolved(torch.device(device), options.precision),
     }
     ranking = None
     if len(maps) > 1 or truth is not None:
@@ -268,23 +270,27 @@ def _cam(
     if meta.task == "segmentation":
         window = _window(loaded, options)
         nnunet = isinstance(window, NNUNetWindow)
-        if isinstance(window, NNUNetWindow):
-            prediction = predict_nnunet(model, x.to(device), window).to(x.device)
-        else:
-            prediction = predict(model, x, window, progress=options.progress)
+        for_prediction, for_cam = stages(torch.device(device), options.precision)
+        with autocast(device, for_prediction):
+            if isinstance(window, NNUNetWindow):
+                prediction = predict_nnunet(model, x.to(device), window).to(x.device)
+            else:
+                prediction = predict(model, x, window, progress=options.progress)
         clock.lap("predict")
         bound = _bind(target, prediction, choice, definition, path)
         explain_windows = fold_cam if nnunet else sliding_window_cam  # fold_cam: every fold's copy of a layer
-        result = explain_windows(
-            model, x, cam, bound, layers, window, post=options.post, prediction=prediction, progress=options.progress
-        )
+        with autocast(device, for_cam):
+            result = explain_windows(
+                model, x, cam, bound, layers, window, post=options.post, prediction=prediction, progress=options.progress
+            )
         labels = labels_from_logits(prediction, meta.activation, dtype=label_dtype(prediction.shape[1]))
         # the segmentation nnUNetv2_predict writes, made from the logits by nnU-Net's export
         exported = grid.segmentation_to_source(prediction) if isinstance(grid, NNUNetInput) else None
         del prediction  # the stitched logits are the largest array; free them before inverting
         clock.lap("cam")
         return _GridResult(result.maps, result.extras, bound, result.stats, result.method_stats, labels, {}, exported)
-    exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalization)
+    with autocast(device, stages(torch.device(device), options.precision)[1]):
+        exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalization)
     stats = {"windows": 1, "windows_with_backward": 1, "decomposed": False}
     extras = {k: dict(v) for k, v in exp.extras.items()}
     clock.lap("cam")
