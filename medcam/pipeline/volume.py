@@ -281,7 +281,15 @@ def _cam(
         explain_windows = fold_cam if nnunet else sliding_window_cam  # fold_cam: every fold's copy of a layer
         with autocast(device, for_cam):
             result = explain_windows(
-                model, x, cam, bound, layers, window, post=options.post, prediction=prediction, progress=options.progress
+                model,
+                x,
+                cam,
+                bound,
+                layers,
+                window,
+                post=options.post,
+                prediction=prediction,
+                progress=options.progress,
             )
         labels = labels_from_logits(prediction, meta.activation, dtype=label_dtype(prediction.shape[1]))
         # the segmentation nnUNetv2_predict writes, made from the logits by nnU-Net's export
