@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import medcam
 from medcam.errors import UserError
 from medcam.evaluate import EvaluationSettings, Sample, read_results, run_evaluation
+from medcam.evaluate.summary import summary_markdown, with_normalised_scores
 from medcam.metrics.region_faithfulness import (
     keep_remove_top_k,
     normalised,
@@ -151,10 +152,28 @@ def test_evaluate_writes_controls_and_normalised_scores(tmp_path) -> None:
     bright = torch.zeros(1, 12, 12)
     bright[0, 3:7, 3:7] = 1.0
     samples = [Sample("lesion", bright, target=medcam.SegmentationTarget(1), truth=bright[0] > 0)]
-    run_evaluation(Splitter(), samples, settings, tmp_path)
+    run_evaluation(Splitter(), samples, settings, tmp_path, report=False)  # no plots: faster
     rows = {r["method"]: r for r in read_results(tmp_path)}
     assert set(rows) == {"control: random map", "control: truth mask", "hirescam"}
     assert all(rows[k]["keep_topk"] != "" for k in rows)
-    summary = (tmp_path / "summary.md").read_text()
+    summary = summary_markdown(read_results(tmp_path), settings)
     assert "not meaningful for segmentation" in summary
     assert "normalised" in summary and "control: truth mask" in summary
+    scored = {r["method"]: r for r in with_normalised_scores(read_results(tmp_path))}
+    assert float(scored["control: truth mask"]["keep_norm"]) == 1.0
+    assert float(scored["control: random map"]["keep_norm"]) == 0.0
+
+
+def test_robustcam_reports_held_out_stability_against_its_base() -> None:
+    from region_nets import RegionAnswerNet, answer_input
+
+    net, x = RegionAnswerNet(size=12, block=3).eval(), answer_input(size=12)
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[0]))
+    views = ["rotate:5:1,2:fill=min", "blur:0.6"]
+    exp = medcam.explain(net, x, "robustcam", target=target, layers="features", held_out=views)
+    held = exp.stats["held_out"]["features"]
+    assert held["views"] == views and held["top_k"] == [216]  # k = |M|
+    for part in ("base", "robustcam"):
+        assert 0 <= held[part]["variance"][0] < 0.05 and held[part]["spearman"][0] > 0.5
+    # fusing views steadies the map on this net
+    assert held["robustcam"]["variance"][0] <= held["base"]["variance"][0]

@@ -29,6 +29,8 @@ from medcam.evaluate.results import ResultStore, Shard, merge_shards, read_curve
 from medcam.evaluate.settings import CONTROL_RANDOM, EvaluationSettings, MethodSpec
 from medcam.evaluate.summary import summary_markdown, with_normalised_scores
 from medcam.methods.registry import create_method, method_parameters
+from medcam.methods.robust.held_out import held_out_stability
+from medcam.methods.robust.views import View
 from medcam.metrics.faithfulness import average_drop_increase, deletion_insertion
 from medcam.metrics.localisation import box_localisation, dice, energy_inside, pointing_game
 from medcam.metrics.region_faithfulness import keep_remove_top_k, random_map, scaled_deletion_insertion
@@ -131,6 +133,8 @@ def _score(
         curves = {"deletion": both.deletion.scores[0].tolist(), "insertion": both.insertion.scores[0].tolist()}
     if "region_faithfulness" in settings.metrics:
         row.update(_region_faithfulness(model, x, maps, target, settings, output))
+    if "held_out_stability" in settings.metrics:
+        row.update(_held_out(model, x, method, exp, settings, output))
     if "localisation" in settings.metrics and sample.truth is not None and bool(sample.truth.any()):
         loc = settings.localisation
         truth = sample.truth.to(maps.device).bool()
@@ -196,6 +200,30 @@ def _region_faithfulness(
         "deletion_m_auc": float(curves.deletion_auc[0]),
         "insertion_m_auc": float(curves.insertion_auc[0]),
         "insertion_start": float(curves.insertion_start[0]),
+    }
+
+
+def _held_out(
+    model: nn.Module, x: Tensor, method: Any, exp: Any, settings: EvaluationSettings, output: OutputSelector
+) -> dict[str, float]:
+    """The method re-run on held-out views of ``x``, compared with its own map of ``x``."""
+    target, (alias,) = exp.target, list(exp.layers)
+    layer = exp.layers[alias]
+    if target.mask is not None:
+        unit = int(target.mask.sum())
+        multiple = settings.held_out.multiple
+    else:
+        unit, multiple = max(1, round(0.1 * exp.map[0].numel())), 1.0
+
+    def explain_view(xv: Tensor, view: View) -> Tensor:
+        bound = target if target.mask is None else target.with_mask(view.warp_mask(target.mask))
+        return explain(model, xv, method, bound, {alias: layer}, output=output).map
+
+    result = held_out_stability(explain_view, x, exp.map, unit=unit, views=settings.held_out.views, multiple=multiple)
+    return {
+        "held_out_variance": float(result.variance[0]),
+        "held_out_spearman": float(result.spearman[0]),
+        "held_out_topk_iou": float(result.top_k_iou[0]),
     }
 
 

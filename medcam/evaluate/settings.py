@@ -24,6 +24,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "deletion_insertion": ("deletion_auc", "insertion_auc", "overall"),
     "localisation": ("box_iou", "pointing_game", "energy_inside", "dice"),
     "sanity": ("sanity_spearman", "sanity_ssim", "sanity_spearman_mean"),
+    "held_out_stability": ("held_out_variance", "held_out_spearman", "held_out_topk_iou"),
     "region_faithfulness": ("keep_topk", "remove_topk", "deletion_m_auc", "insertion_m_auc", "insertion_start"),
 }
 # the two control maps every region_faithfulness table carries, scored as if they were methods
@@ -127,6 +128,24 @@ class RegionFaithfulnessSettings:
 
 
 @dataclass(frozen=True)
+class HeldOutSettings:
+    """Options of the held-out stability metric (medcam.methods.robust.held_out).
+
+    ``views``: view strings, or ``None`` for the defaults (none among RobustCAM's fused views);
+    ``multiple``: top-k IoU over ``multiple`` x |M| voxels (classifiers: 10 % of the pixels).
+    """
+
+    views: tuple[str, ...] | None = None
+    multiple: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.views is not None:
+            object.__setattr__(self, "views", tuple(str(v) for v in self.views))
+        if self.multiple <= 0:
+            raise UserError(f"held_out multiple must be positive, got {self.multiple}")
+
+
+@dataclass(frozen=True)
 class LocalisationSettings:
     """Options of the localisation metrics (see medcam.metrics.localisation)."""
 
@@ -166,6 +185,7 @@ class EvaluationSettings:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     faithfulness: FaithfulnessSettings = field(default_factory=FaithfulnessSettings)
     region_faithfulness: RegionFaithfulnessSettings = field(default_factory=RegionFaithfulnessSettings)
+    held_out: HeldOutSettings = field(default_factory=HeldOutSettings)
     localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
     sanity: SanitySettings = field(default_factory=SanitySettings)
     seed: int = 0
@@ -222,6 +242,7 @@ class EvaluationSettings:
             region_faithfulness=_build(
                 RegionFaithfulnessSettings, data.get("region_faithfulness"), "region_faithfulness"
             ),
+            held_out=_build(HeldOutSettings, data.get("held_out"), "held_out"),
             localisation=_build(LocalisationSettings, data.get("localisation"), "localisation"),
             sanity=_build(SanitySettings, data.get("sanity"), "sanity"),
             seed=int(data.get("seed", 0)),

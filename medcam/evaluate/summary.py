@@ -57,6 +57,9 @@ COLUMNS = {
         Column("pointing_game", "Pointing game (%)", "higher", scale=100.0, proportion=True),
         Column("energy_inside", "Energy inside", "higher"),
         Column("dice", "Dice", "higher"),
+        Column("held_out_variance", "Variance, held-out views", "lower"),
+        Column("held_out_spearman", "Spearman to clean map", "higher"),
+        Column("held_out_topk_iou", "Top-k IoU (k = |M|)", "higher"),
         Column("keep_topk", "Keep top-k", "higher"),
         Column("remove_topk", "Remove top-k", "lower"),
         Column("deletion_m_auc", "Deletion AUC (|M| steps)", "lower"),
@@ -86,12 +89,19 @@ TABLES = {
         "Segmentation faithfulness: top-k and deletion / insertion in units of |M|, with controls",
         ("keep_topk", "remove_topk", "deletion_m_auc", "insertion_m_auc", "insertion_start"),
     ),
+    "held_out_stability": (
+        "Stability under held-out perturbations (views not among RobustCAM's fused ones; "
+        "RobustCAM paper: variance 0.142 -> 0.051)",
+        ("held_out_variance", "held_out_spearman", "held_out_topk_iou"),
+    ),
     "region_normalised": (
         "Segmentation faithfulness, normalised: (O - O_random) / (O_truth - O_random), 0 = random map, 1 = truth",
         ("keep_norm", "remove_norm", "deletion_m_norm", "insertion_m_norm", "ranked"),
     ),
     "time": ("Time", ("seconds", "first_seconds")),
 }
+# the tables the control maps appear in
+CONTROL_TABLES = ("region_faithfulness", "region_normalised", "localisation")
 # raw column -> its normalised column (see with_normalised_scores)
 NORMALISED = {
     "keep_topk": "keep_norm",
@@ -215,7 +225,11 @@ def summary_markdown(rows: Sequence[dict[str, str]], settings: EvaluationSetting
         lines.append("| method | " + " | ".join(headings) + " | n |")
         lines.append("|---|" + "---:|" * len(columns) + "---:|")
         for method in methods:
-            if method in settings.controls and metric in ("average_drop", "deletion_insertion", "sanity", "time"):
+            if method in settings.controls and metric not in (
+                "region_faithfulness",
+                "region_normalised",
+                "localisation",
+            ):
                 continue  # the controls are scored by the segmentation metrics (and energy) only
             mine = [r for r in ok if r["method"] == method]
             found = [estimate(mine, c) for c in columns]
