@@ -74,3 +74,15 @@ def test_channel_budget_keeps_the_answer(net: RegionAnswerNet) -> None:
     # the 8 blocks of the source region, then 4 betas and the segmentation variant's 2 guard inputs
     assert exp.stats["scored_inputs"] == 8 + 4 + 2
     assert (_inside(exp.map, net.source[1]) > 0.95).all()
+
+
+def test_segmentation_fusion_is_never_below_its_gradient_part(net: RegionAnswerNet) -> None:
+    x = _input()
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[1]))
+    fusion = medcam.explain(net, x, "fusioncam", target=target, layers="features")
+    gradient = medcam.explain(net, x, "gradcam", target=target, layers="features")
+    assert fusion.stats["variant"] == "segmentation" and len(fusion.stats["fallback"]["features"]) == 1
+    betas = fusion.stats["betas"]["features"]
+    kept = fusion.stats["fallback"]["features"][0] == "fused"
+    assert not kept or betas["fused"][0] >= betas["gradient"][0]
+    assert _inside(fusion.map, net.source[1]) >= _inside(gradient.map, net.source[1]) - 1e-6

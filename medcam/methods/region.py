@@ -61,7 +61,7 @@ AUTO = "auto"
 # chosen by measurement (energy inside the true tumour on held-out KiTS-like phantoms with
 # the demo U-Net, benchmarks/bench_masking.py, docs/methods-region-fusion.md). Classifiers
 # keep the papers' soft masks on the all-zeros image.
-SEGMENTATION_MASK = "binary"
+SEGMENTATION_MASK = "soft"
 SEGMENTATION_BASELINE: BaselineSpec = "min"
 # with a non-zero baseline every masked input scores at least about f_c(x_b); weighting channels
 # by that raw probability adds f_c(x_b) x (the plain channel sum), a diffuse map: segmentation
