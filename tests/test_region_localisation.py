@@ -71,8 +71,8 @@ def test_channel_budget_keeps_the_answer(net: RegionAnswerNet) -> None:
     x = _input()
     target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[1]))
     exp = medcam.explain(net, x, "fusioncam", target=target, layers="features", max_channels=8)
-    # the 8 blocks of the source region, then 4 betas and the segmentation variant's 2 guard inputs
-    assert exp.stats["scored_inputs"] == 8 + 4 + 2
+    # the 8 blocks of the source region, then 4 betas and the segmentation variant's 4 guard inputs
+    assert exp.stats["scored_inputs"] == 8 + 4 + 4
     assert (_inside(exp.map, net.source[1]) > 0.95).all()
 
 
@@ -84,5 +84,5 @@ def test_segmentation_fusion_is_never_below_its_gradient_part(net: RegionAnswerN
     assert fusion.stats["variant"] == "segmentation" and len(fusion.stats["fallback"]["features"]) == 1
     betas = fusion.stats["betas"]["features"]
     kept = fusion.stats["fallback"]["features"][0] == "fused"
-    assert not kept or betas["fused"][0] >= betas["gradient"][0]
+    assert not kept or betas["keep_fused"][0] >= betas["keep_gradient"][0]
     assert _inside(fusion.map, net.source[1]) >= _inside(gradient.map, net.source[1]) - 1e-6

@@ -59,6 +59,8 @@ REGION_PARTS: tuple[str, ...] = (ScoreCAM.name, GroupCAM.name)
 FUSION_VARIANTS: tuple[str, ...] = (AUTO, "normalised", "paper", "segmentation")
 # a contribution smaller than this fraction of the clean score is rounding noise, not evidence
 DEFAULT_TOLERANCE = 0.01
+# the segmentation variant's guard compares keep-top-k scores at k = these multiples of |M|
+GUARD_MULTIPLES: tuple[float, ...] = (1.0, 4.0)
 
 # maps inside an ensemble are ReLU'd and min-max normalised (METHODS.md); the user's
 # post-processing applies to the result only
@@ -349,16 +351,49 @@ class FusionCAM(EnsembleMethod):
         betas: dict[str, dict[str, list[float]]],
         stats: dict[str, Any],
     ) -> dict[str, Tensor]:
-        """The segmentation variant's fallback to the gradient map L_g, per sample, logged in ``stats``."""
+        """The segmentation variant's fallback to the gradient map L_g, per sample, logged in ``stats``.
+
+        The two maps are compared by their keep-top-k score (the segmentation faithfulness
+        metric, docs/metrics.md): ``f_c`` with only the top ``k`` voxels of the map shown and
+        the rest the baseline, averaged over ``k`` in :data:`GUARD_MULTIPLES` x |M|.
+        """
         clean = capture.target.probability(capture.output.detach()).to(queue.probe.device)
-        gradient_tickets = {a: contributions.add(m) for a, m in gradient_maps.items()}
-        fused_tickets = {a: contributions.add(m) for a, m in fused_maps.items()}
+        mask = capture.target.mask
+        if mask is None:
+            raise UserError("variant='segmentation' explains segmentation targets; use variant='normalised'")
+        sizes = mask.flatten(1).sum(dim=1).tolist()
+        pixels = float(torch.Size(queue.size).numel())
+
+        def keep_tickets(maps: Tensor) -> list[list[int]]:
+            return [
+                [
+                    queue.add(
+                        MaskedInputs(
+                            maps[n : n + 1],
+                            torch.tensor([n]),
+                            contributions.base,
+                            normalize=False,
+                            top=min(1.0, m * max(1.0, sizes[n]) / pixels),
+                        )
+                    )
+                    for m in GUARD_MULTIPLES
+                ]
+                for n in range(maps.shape[0])
+            ]
+
+        def keep_score(tickets: list[list[int]]) -> Tensor:
+            return torch.stack([torch.cat([queue[t].probability for t in row]).mean() for row in tickets]).to(
+                clean.device
+            )
+
+        gradient_tickets = {a: keep_tickets(m) for a, m in gradient_maps.items()}
+        fused_tickets = {a: keep_tickets(m) for a, m in fused_maps.items()}
         queue.run()
         out: dict[str, Tensor] = {}
         fallback: dict[str, list[str]] = {}
         for alias, fused in fused_maps.items():
-            beta_g = contributions.beta(gradient_tickets[alias])
-            beta_f = contributions.beta(fused_tickets[alias])
+            beta_g = keep_score(gradient_tickets[alias])
+            beta_f = keep_score(fused_tickets[alias])
             parts = torch.tensor([betas[alias]["denoised_gradient"], betas[alias]["region"]], device=clean.device)
             negligible = (parts < self.tolerance * clean).all(dim=0)
             worse = beta_f.to(clean.device) < beta_g.to(clean.device)
@@ -373,8 +408,8 @@ class FusionCAM(EnsembleMethod):
             keep = per_sample((~(negligible | worse)).float(), fused) > 0
             out[alias] = torch.where(keep, fused, gradient_maps[alias])
             fallback[alias] = reasons
-            betas[alias]["gradient"] = _as_list(beta_g)
-            betas[alias]["fused"] = _as_list(beta_f)
+            betas[alias]["keep_gradient"] = _as_list(beta_g)
+            betas[alias]["keep_fused"] = _as_list(beta_f)
             betas[alias]["clean"] = _as_list(clean)
         stats["fallback"] = fallback
         return out
