@@ -57,7 +57,7 @@ COLUMNS = {
         Column("pointing_game", "Pointing game (%)", "higher", scale=100.0, proportion=True),
         Column("energy_inside", "Energy inside", "higher"),
         Column("dice", "Dice", "higher"),
-        Column("held_out_variance", "Variance, held-out views", "lower"),
+        Column("held_out_variance", "Variance x 1e6, held-out views", "lower", scale=1e6),
         Column("held_out_spearman", "Spearman to clean map", "higher"),
         Column("held_out_topk_iou", "Top-k IoU (k = |M|)", "higher"),
         Column("keep_topk", "Keep top-k", "higher"),
