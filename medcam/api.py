@@ -75,7 +75,7 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, x: Tensor) -> tuple[dict
     """Turn a layer spec into ``{alias: module path}`` plus a note on how it was chosen.
 
     The one layer grammar (the API, ``--layer`` and ``--levels`` all end here):
-    ``"auto"``: a U-Net's bottleneck or a classifier's last spatial feature map.
+    ``"auto"``: a U-Net's last decoder level or a classifier's last spatial feature map.
     ``"levels"``: every discovered U-Net level; ``"levels:enc2,bottleneck"`` a subset.
     A str (comma-separated for several) or list of str: module paths. A mapping:
     alias -> module path.

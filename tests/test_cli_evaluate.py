@@ -277,7 +277,9 @@ def test_the_shipped_evaluation_configs_parse(name: str) -> None:
     assert config.output == f"runs/{name}"
     if name == "eval_kits_phantom":
         assert config.model.checkpoint is None and config.target.truth == "tumor"
-        assert [m.name for m in config.evaluation.methods] == ["gradcam", "hirescam", "fusioncam", "robustcam"]
+        names = [m.name for m in config.evaluation.methods]
+        assert names == ["gradcam", "hirescam", "scorecam", "fusioncam", "robustcam"]
+        assert "region_faithfulness" in config.evaluation.metrics  # the segmentation metrics and controls
     else:
         assert config.data.split == "test" and config.data.split_seed == 42  # the training config's split
         assert config.evaluation.sanity.samples is not None

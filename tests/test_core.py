@@ -49,12 +49,17 @@ def test_relu_off_keeps_the_sign() -> None:
 # ------------------------------------------------------------------ layer choice
 
 
-def test_auto_picks_the_unet_bottleneck_and_says_so() -> None:
+def test_auto_picks_the_last_decoder_level_and_says_so() -> None:
     model = tiny_unet(3)
-    exp = medcam.explain(model, seeded_input(3), "hirescam", target=medcam.SegmentationTarget(1, pixels="image"))
-    bottleneck = next(lv.path for lv in medcam.discover_levels(model) if lv.name == "bottleneck")
-    assert list(exp.layers.values()) == [bottleneck]
-    assert "bottleneck" in exp.layer_choice
+    target = medcam.SegmentationTarget(1, pixels="image")
+    exp = medcam.explain(model, seeded_input(3), "hirescam", target=target)
+    levels = medcam.discover_levels(model)
+    last_decoder = [lv for lv in levels if lv.name.startswith("dec")][-1]
+    assert list(exp.layers.values()) == [last_decoder.path]
+    assert last_decoder.name in exp.layer_choice
+    # the bottleneck stays reachable by name
+    exp = medcam.explain(model, seeded_input(3), "hirescam", target=target, layers="levels:bottleneck")
+    assert list(exp.layers.values()) == [next(lv.path for lv in levels if lv.name == "bottleneck")]
 
 
 def test_auto_picks_the_last_feature_map_of_a_classifier() -> None:

@@ -173,3 +173,26 @@ def test_bad_options_are_user_errors(method: str, options: dict, message: str) -
     model, x = small_classifier(2), small_input(2)
     with pytest.raises(UserError, match=message):
         medcam.explain(model, x, method, target=1, layers="features", **options)
+
+
+def test_paper_variant_matches_eqs_1_to_6_with_raw_betas() -> None:
+    model, x = small_classifier(2), small_input(2, batch=2, size=12, seed=3)
+    classes = [1, 2]
+    target = medcam.ClassTarget(classes)
+    exp = medcam.explain(model, x, "fusioncam", target=target, layers="features", variant="paper", normalize=None)
+    l_g = medcam.explain(model, x, "gradcam", target=target, layers="features").map.numpy()
+    l_r = medcam.explain(model, x, "scorecam", target=target, layers="features").map.numpy()
+    xn = x.numpy()
+
+    def beta(cam: np.ndarray) -> np.ndarray:
+        return _f(model, torch.from_numpy(cam[:, None] * xn), classes) - _f(model, torch.zeros_like(x), classes)
+
+    threshold = np.percentile(l_g.reshape(2, -1), 10.0, axis=1)
+    l_d = np.where(l_g >= _col(threshold, l_g), l_g, 0.0)
+    b_d, b_r = beta(l_d), beta(l_r)
+    l_gr = _col(b_d, l_d) * l_d + _col(b_r, l_r) * l_r
+    l1, l2 = _col(beta(l_gr), l_gr) * l_gr, _col(b_r, l_r) * l_r
+    s = 1 - np.abs(l1 - l2)
+    expected = s * np.maximum(l1, l2) + (1 - s) * (l1 + l2) / 2
+    np.testing.assert_allclose(exp.map.numpy(), expected, atol=TOL)
+    assert exp.stats["variant"] == "paper"

@@ -106,3 +106,35 @@ def test_similarity_is_clipped_for_maps_beyond_unit_range() -> None:
     fused, agreement = similarity_fusion(torch.tensor([[2.0]]), torch.tensor([[0.0]]))
     assert agreement.item() == 0.0
     assert fused.item() == 1.0  # the mean when the maps disagree completely
+
+
+def test_paper_fusion_hand_computed() -> None:
+    from medcam.core.combine import paper_fusion
+
+    denoised, region = torch.tensor([[0.0, 0.5, 1.0]]), torch.tensor([[1.0, 0.5, 0.0]])
+    beta_d, beta_r, beta_gr = torch.tensor([0.4]), torch.tensor([0.2]), torch.tensor([0.5])
+    combined, _, _ = paper_fusion(denoised, region, beta_d, beta_r)
+    torch.testing.assert_close(combined, torch.tensor([[0.2, 0.3, 0.4]]))  # Eq. 3, raw betas, no normalisation
+    combined, fused, agreement = paper_fusion(denoised, region, beta_d, beta_r, beta_gr)
+    # L1 = 0.5 L_gr = [0.1, 0.15, 0.2], L2 = 0.2 L_r = [0.2, 0.1, 0]
+    torch.testing.assert_close(agreement, torch.tensor([[0.9, 0.95, 0.8]]))
+    torch.testing.assert_close(fused, torch.tensor([[0.195, 0.14875, 0.18]]))
+
+
+def test_agreement_fusion_hand_computed() -> None:
+    from medcam.core.combine import agreement_fusion
+
+    first, second = torch.tensor([[0.9, 0.0, 0.0]]), torch.tensor([[0.1, 0.0, 0.6]])
+    fused, agreement = agreement_fusion(first, second)
+    # S = [0.2, 1, 0.4]; disagreement keeps the lower value
+    torch.testing.assert_close(fused, torch.tensor([[0.26, 0.0, 0.24]]))
+    torch.testing.assert_close(agreement, torch.tensor([[0.2, 0.0, 0.4]]))  # 0 where neither map has support
+
+
+def test_union_denoising_on_positive_gradients_changes_a_channel_the_paper_step_leaves_alone() -> None:
+    grads = torch.tensor([-1.0, -0.5, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).view(1, 1, 11)
+    assert torch.equal(denoise_gradients(grads, 10).clamp_min(0), grads.clamp_min(0))  # percentile <= 0
+    positive = denoise_gradients(grads, 10, positive=True)
+    # the 10th percentile of [0.1 .. 0.8] is 0.17: 0.1 is dropped, negatives and zeros are 0
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).view(1, 1, 11)
+    torch.testing.assert_close(positive, expected)

@@ -184,7 +184,7 @@ def test_extras_and_levels_are_written_with_the_input_geometry(tmp_path: Path, k
     )
     source = nib.load(str(kits_case))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["layers"]["primary"] == "bottleneck"
+    assert summary["layers"]["primary"] == "final"  # the level layers="auto" explains (no decM level here)
     assert summary["outputs"]["extras"] == {"uncertainty": "uncertainty.nii.gz"}
     for name in ["heatmap.nii.gz", "uncertainty.nii.gz", *summary["outputs"]["levels"].values()]:
         image = nib.load(str(out / name))

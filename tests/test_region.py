@@ -158,7 +158,11 @@ def test_scorecam_segmentation_target_uses_the_mean_probability_over_m() -> None
     mask[0, 2:9, 5:12] = True
     mask[1, 11:14, 0:3] = True
     layer = "model.1.submodule.0"  # the middle encoder level, 8 channels at 8x8
-    exp = medcam.explain(model, x, "scorecam", target=medcam.SegmentationTarget(2, pixels=mask), layers=layer)
+    # the reference is the paper's soft masks on the zeros image, not the segmentation default
+    target = medcam.SegmentationTarget(2, pixels=mask)
+    exp = medcam.explain(
+        model, x, "scorecam", target=target, layers=layer, mask="soft", baseline="zeros", weights="probability"
+    )
     for n in range(2):
         expected = reference_scorecam(model, x[n : n + 1], layer, 2, mask=mask[n].float())
         torch.testing.assert_close(exp.map[n], expected, atol=TOL, rtol=0)

@@ -47,11 +47,15 @@ def test_unioncam_and_fusion_agreement(net: RegionAnswerNet) -> None:
     target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[0]))
     exp = medcam.explain(net, x, "unioncam", target=target, layers="features")
     assert (_inside(exp.map, net.source[0]) > 0.95).all()
-    exp = medcam.explain(net, x, "fusioncam", target=target, layers="features")
+    exp = medcam.explain(net, x, "fusioncam", target=target, layers="features", variant="normalised")
     agreement = exp.extras["agreement"]["features"][0]
     # both parts are ~0 far from the source region (full agreement), and differ inside it
     assert agreement[net.source[1]].min() > 0.99
     assert agreement[net.source[0]].mean() < agreement[net.source[1]].mean()
+    # the segmentation variant reports agreement only where either map has support
+    exp = medcam.explain(net, x, "fusioncam", target=target, layers="features")
+    assert exp.stats["variant"] == "segmentation"
+    assert exp.extras["agreement"]["features"][0][net.source[1]].max() == 0
 
 
 def test_bf16_keeps_the_answer(net: RegionAnswerNet) -> None:
@@ -67,5 +71,18 @@ def test_channel_budget_keeps_the_answer(net: RegionAnswerNet) -> None:
     x = _input()
     target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[1]))
     exp = medcam.explain(net, x, "fusioncam", target=target, layers="features", max_channels=8)
-    assert exp.stats["scored_inputs"] == 8 + 4  # the 8 blocks of the source region, then 4 betas
+    # the 8 blocks of the source region, then 4 betas and the segmentation variant's 4 guard inputs
+    assert exp.stats["scored_inputs"] == 8 + 4 + 4
     assert (_inside(exp.map, net.source[1]) > 0.95).all()
+
+
+def test_segmentation_fusion_is_never_below_its_gradient_part(net: RegionAnswerNet) -> None:
+    x = _input()
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[1]))
+    fusion = medcam.explain(net, x, "fusioncam", target=target, layers="features")
+    gradient = medcam.explain(net, x, "gradcam", target=target, layers="features")
+    assert fusion.stats["variant"] == "segmentation" and len(fusion.stats["fallback"]["features"]) == 1
+    betas = fusion.stats["betas"]["features"]
+    kept = fusion.stats["fallback"]["features"][0] == "fused"
+    assert not kept or betas["keep_fused"][0] >= betas["keep_gradient"][0]
+    assert _inside(fusion.map, net.source[1]) >= _inside(gradient.map, net.source[1]) - 1e-6

@@ -21,8 +21,9 @@ def test_demo_checkpoint_is_small_and_describes_itself():
     assert meta.regions == {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
     assert meta.spatial_dims == 3 and meta.activation == "softmax" and meta.patch_size is not None
     assert meta.preprocessing.orientation == "IPL" and meta.preprocessing.spacing is not None
-    bottleneck = next(level.path for level in discover_levels(bundle.model) if level.name == "bottleneck")
-    assert meta.cam_layers == [bottleneck]
+    # the last decoder level, the level layers="auto" explains (docs/levels.md)
+    last_decoder = next(level.path for level in discover_levels(bundle.model) if level.name == "dec1")
+    assert meta.cam_layers == [last_decoder]
 
 
 @pytest.mark.slow

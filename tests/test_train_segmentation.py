@@ -11,6 +11,7 @@ import torch
 
 from medcam.data.synthetic import write_cityscapes_dataset, write_kits_dataset
 from medcam.models.checkpoint import load_checkpoint
+from medcam.models.levels import discover_levels, segmentation_default_level
 from medcam.train.config import ExperimentConfig, build
 from medcam.train.loop import train
 
@@ -70,7 +71,8 @@ def test_3d_unet_loss_falls_and_checkpoint_has_explain_metadata(kits_root, tmp_p
     assert meta.regions == {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
     assert meta.patch_size == (16, 32, 32)
     assert meta.preprocessing.orientation == "IPL" and meta.preprocessing.spacing == (13.3, 8.0, 8.0)
-    assert meta.cam_layers == ["model.1.submodule.1.submodule"]  # the UNet bottleneck
+    # the UNet's last decoder level, the level layers="auto" explains (docs/levels.md)
+    assert meta.cam_layers == [segmentation_default_level(discover_levels(bundle.model)).path]
     assert dict(bundle.model.named_modules())[meta.cam_layers[0]] is not None
     assert meta.training["epoch"] == result.best_epoch
     assert "dice_tumor" in meta.training["val"]
@@ -137,7 +139,8 @@ def test_2d_smp_unet_on_cityscapes_learns_19_train_ids(tmp_path):
     train(config, progress=False)
     history = losses(tmp_path / "run")
     assert history[-1] < history[0]
-    meta = load_checkpoint(tmp_path / "run" / "best.pt").meta
+    bundle = load_checkpoint(tmp_path / "run" / "best.pt")
+    meta = bundle.meta
     assert meta.spatial_dims == 2 and len(meta.labels) == 19 and "background" not in meta.labels
     assert meta.preprocessing.size == (64, 128)
-    assert meta.cam_layers == ["encoder.layer4"]  # smp Unet bottleneck
+    assert meta.cam_layers == [segmentation_default_level(discover_levels(bundle.model)).path]  # last decoder

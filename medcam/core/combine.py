@@ -41,13 +41,23 @@ def denoise_below_percentile(maps: Tensor, theta: float) -> Tensor:
     return torch.where(maps >= percentile(maps, theta), maps, torch.zeros_like(maps))
 
 
-def denoise_gradients(gradients: Tensor, q: float = 10.0) -> Tensor:
+def denoise_gradients(gradients: Tensor, q: float = 10.0, *, positive: bool = False) -> Tensor:
     """Union-CAM's gradient denoising: per channel, values below the ``q``-th percentile become 0.
 
-    ``gradients`` is ``(N, K, *spatial)``; the percentile is taken over each channel's map.
+    ``gradients`` is ``(N, K, *spatial)``; the percentile is taken over each channel's map
+    (the paper's), or with ``positive=True`` over its positive values only. Union-CAM keeps
+    only positive gradients afterwards, so when a channel's percentile is <= 0 (half its
+    gradients negative, or mostly zeros: common) the paper's step removes nothing; the
+    positive percentile always drops the weakest ``q`` % of the positive evidence.
     """
-    threshold = percentile(gradients, q, start_dim=2)
-    return torch.where(gradients >= threshold, gradients, torch.zeros_like(gradients))
+    if not positive:
+        threshold = percentile(gradients, q, start_dim=2)
+        return torch.where(gradients >= threshold, gradients, torch.zeros_like(gradients))
+    rows = gradients.flatten(2).float()
+    positives = torch.where(rows > 0, rows, torch.full_like(rows, float("nan")))
+    threshold = torch.nanquantile(positives, q / 100.0, dim=-1, keepdim=True)  # NaN: no positive value
+    kept = torch.where((rows > 0) & (rows >= threshold), rows, torch.zeros_like(rows))
+    return kept.view_as(gradients).to(gradients.dtype)
 
 
 def contribution_weights(*betas: Tensor) -> tuple[Tensor, ...]:
@@ -80,3 +90,40 @@ def similarity_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     agreement = (1 - (first - second).abs()).clamp(0, 1)
     fused = agreement * torch.maximum(first, second) + (1 - agreement) * (first + second) / 2
     return fused, agreement
+
+
+def paper_fusion(
+    denoised: Tensor, region: Tensor, beta_d: Tensor, beta_r: Tensor, beta_gr: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fusion-CAM exactly as Eqs. 3-6 of the paper, with raw contribution scores.
+
+    ``L_gr = b_d L_d + b_r L_r`` (Eq. 3, no normalisation); ``L1 = b_gr L_gr``,
+    ``L2 = b_r L_r`` (Eq. 4); ``S = 1 - |L1 - L2|`` (Eq. 5, no clip);
+    ``out = S max(L1, L2) + (1 - S)(L1 + L2) / 2`` (Eq. 6). ``beta_gr`` is the score of
+    ``L_gr``, which needs the model: call once without it to get ``L_gr``, then again.
+    Returns ``(out, S, L_gr)``; ``out`` and ``S`` are ``None``-free only when ``beta_gr`` is given.
+    """
+    combined = per_sample(beta_d, denoised) * denoised + per_sample(beta_r, region) * region
+    if beta_gr is None:
+        return combined, torch.empty(0), torch.empty(0)
+    first = per_sample(beta_gr, combined) * combined
+    second = per_sample(beta_r, region) * region
+    agreement = 1 - (first - second).abs()
+    fused = agreement * torch.maximum(first, second) + (1 - agreement) * (first + second) / 2
+    return combined, fused, agreement
+
+
+def agreement_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
+    """medcam's segmentation fusion: ``S max(L1, L2) + (1 - S) min(L1, L2)`` on the union of supports.
+
+    Where the maps agree (``S = 1 - |L1 - L2|`` near 1) it keeps their common value, as
+    the paper does; where they disagree it keeps the lower one, so evidence only one
+    paradigm shows (a diffuse region map over healthy tissue) is suppressed instead of
+    kept at half strength (the paper's mean is >= the mean of its two maps everywhere).
+    ``S`` is returned as 0 where neither map has support (both 0), where agreement is
+    trivial. Returns ``(fused, S)``.
+    """
+    agreement = (1 - (first - second).abs()).clamp(0, 1)
+    fused = agreement * torch.maximum(first, second) + (1 - agreement) * torch.minimum(first, second)
+    support = (first > 0) | (second > 0)
+    return fused, torch.where(support, agreement, torch.zeros_like(agreement))

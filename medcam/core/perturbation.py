@@ -225,6 +225,37 @@ def mask_to_input(masks: Tensor, size: tuple[int, ...], *, normalize: bool, alig
     return rows.sub_(low).mul_(scale).view_as(out)
 
 
+Masking = Literal["soft", "binary"]
+MASKINGS: tuple[str, ...] = ("soft", "binary")
+
+
+def check_masking(masking: str, top: float) -> None:
+    """Validate a masking mode and its kept fraction; raise a :class:`UserError` naming the fix."""
+    if masking not in MASKINGS:
+        raise UserError(f"mask={masking!r} is not known; use one of {MASKINGS}")
+    if isinstance(top, bool) or not isinstance(top, (int, float)) or not 0.0 < float(top) <= 1.0:
+        raise UserError(f"mask_top is the kept fraction of each mask in (0, 1], got {top!r}")
+
+
+def binarise_top(masks: Tensor, fraction: float) -> Tensor:
+    """Each mask of ``(Q, *S)`` as 0/1: 1 on its ``fraction`` highest pixels (at least one pixel).
+
+    Ties at the threshold are all kept, pixels at the mask's minimum never are (a mask that
+    is non-zero on fewer pixels than ``fraction`` keeps only those), and a constant mask
+    becomes all zeros. A binary mask shows the model either the input or the baseline at
+    every pixel, never a mixture, so CT intensities stay those of real tissue.
+    """
+    rows = masks.reshape(masks.shape[0], -1).float()
+    keep = max(1, round(fraction * rows.shape[1]))
+    threshold = rows.topk(keep, dim=1).values[:, -1:]
+    low = rows.amin(dim=1, keepdim=True)
+    return (
+        ((rows >= threshold) & (rows > low))
+        .to(masks.dtype if masks.is_floating_point() else torch.float32)
+        .view(masks.shape)
+    )
+
+
 def blend(x: Tensor, masks: Tensor, base: Tensor | None) -> Tensor:
     """Masked inputs ``base + m * (x - base)``: ``x`` and ``base`` ``(Q, C, *S)``, masks ``(Q, *S)``.
 

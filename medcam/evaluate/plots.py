@@ -63,7 +63,8 @@ def plot_curves(
 
 def plot_metrics(rows: Sequence[dict[str, str]], methods: Sequence[str], metrics: Sequence[str], path: Path) -> Path:
     """One bar chart per metric column: mean per method with its 95 % interval."""
-    names = [n for m in metrics for n in TABLES[m][1]] + ["seconds"]  # warm-up times only in summary.md
+    tables = [t for m in metrics for t in ((m, "region_normalised") if m == "region_faithfulness" else (m,))]
+    names = [n for m in tables for n in TABLES[m][1]] + ["seconds"]  # warm-up times only in summary.md
     ok = [r for r in rows if r["status"] == "ok"]
     cols = min(4, len(names))
     nrows = math.ceil(len(names) / cols)

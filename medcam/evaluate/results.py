@@ -250,7 +250,7 @@ def merge_shards(folder: Path, settings: EvaluationSettings, world: int) -> Path
     for store in stores:
         rows += _read_rows(store.results, store.header)[0]
         curves += _read_rows(store.curves, store.curve_header)[0]
-    order = {spec.key: i for i, spec in enumerate(settings.methods)}
+    order = {key: i for i, key in enumerate(settings.keys)}
     rows.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order))))
     curves.sort(key=lambda r: (natural_key(r["sample"]), order.get(r["method"], len(order)), r["kind"]))
     write_atomic(Path(folder) / RESULTS, _csv_text(stores[0].header, rows))

@@ -26,12 +26,16 @@ from medcam.core.targets import Target, TargetError
 from medcam.errors import UserError
 from medcam.evaluate.plots import plot_curves, plot_metrics
 from medcam.evaluate.results import ResultStore, Shard, merge_shards, read_curves, read_results, write_atomic
-from medcam.evaluate.settings import EvaluationSettings, MethodSpec
-from medcam.evaluate.summary import summary_markdown
+from medcam.evaluate.settings import CONTROL_RANDOM, EvaluationSettings, MethodSpec
+from medcam.evaluate.summary import summary_markdown, with_normalised_scores
 from medcam.methods.registry import create_method, method_parameters
+from medcam.methods.robust.held_out import held_out_stability
+from medcam.methods.robust.views import View
 from medcam.metrics.faithfulness import average_drop_increase, deletion_insertion
 from medcam.metrics.localisation import box_localisation, dice, energy_inside, pointing_game
+from medcam.metrics.region_faithfulness import keep_remove_top_k, random_map, scaled_deletion_insertion
 from medcam.metrics.sanity import cascading_randomisation
+from medcam.metrics.scoring import scoring
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,10 @@ def _score(
             overall=float(both.overall[0]),
         )
         curves = {"deletion": both.deletion.scores[0].tolist(), "insertion": both.insertion.scores[0].tolist()}
+    if "region_faithfulness" in settings.metrics:
+        row.update(_region_faithfulness(model, x, maps, target, settings, output))
+    if "held_out_stability" in settings.metrics:
+        row.update(_held_out(model, x, method, exp, settings, output))
     if "localisation" in settings.metrics and sample.truth is not None and bool(sample.truth.any()):
         loc = settings.localisation
         truth = sample.truth.to(maps.device).bool()
@@ -156,6 +164,91 @@ def _score(
         )
     row["status"] = "ok"
     return row, curves
+
+
+def _region_faithfulness(
+    model: nn.Module, x: Tensor, maps: Tensor, target: Any, settings: EvaluationSettings, output: OutputSelector
+) -> dict[str, float]:
+    """Keep / remove top-k and the |M|-scaled deletion / insertion of one map."""
+    region = settings.region_faithfulness
+    top = keep_remove_top_k(
+        model,
+        x,
+        maps,
+        target,
+        multiples=region.multiples,
+        baseline=region.baseline,
+        batch_size=region.batch_size,
+        seed=settings.seed,
+        output=output,
+    )
+    curves = scaled_deletion_insertion(
+        model,
+        x,
+        maps,
+        target,
+        extent=region.extent,
+        steps=region.steps,
+        baseline=region.baseline,
+        batch_size=region.batch_size,
+        seed=settings.seed,
+        output=output,
+    )
+    return {
+        "keep_topk": float(top.keep_score[0]),
+        "remove_topk": float(top.remove_score[0]),
+        "deletion_m_auc": float(curves.deletion_auc[0]),
+        "insertion_m_auc": float(curves.insertion_auc[0]),
+        "insertion_start": float(curves.insertion_start[0]),
+    }
+
+
+def _held_out(
+    model: nn.Module, x: Tensor, method: Any, exp: Any, settings: EvaluationSettings, output: OutputSelector
+) -> dict[str, float]:
+    """The method re-run on held-out views of ``x``, compared with its own map of ``x``."""
+    target, (alias,) = exp.target, list(exp.layers)
+    layer = exp.layers[alias]
+    if target.mask is not None:
+        unit = int(target.mask.sum())
+        multiple = settings.held_out.multiple
+    else:
+        unit, multiple = max(1, round(0.1 * exp.map[0].numel())), 1.0
+
+    def explain_view(xv: Tensor, view: View) -> Tensor:
+        bound = target if target.mask is None else target.with_mask(view.warp_mask(target.mask))
+        return explain(model, xv, method, bound, {alias: layer}, output=output).map
+
+    result = held_out_stability(explain_view, x, exp.map, unit=unit, views=settings.held_out.views, multiple=multiple)
+    return {
+        "held_out_variance": float(result.variance[0]),
+        "held_out_spearman": float(result.spearman[0]),
+        "held_out_topk_iou": float(result.top_k_iou[0]),
+    }
+
+
+def _score_control(
+    model: nn.Module, sample: Sample, key: str, settings: EvaluationSettings, output: OutputSelector
+) -> dict[str, Any]:
+    """A control row: the random map or the truth mask (M itself where the sample has no truth)."""
+    row: dict[str, Any] = {"sample": sample.id, "method": key, "warmup": False}
+    x = sample.image.unsqueeze(0).to(_device(model))
+    with scoring(model, x, sample.target, batch_size=1, output=output) as scorer:  # binds M as explain does
+        target = scorer.target
+    if target.mask is None:
+        raise UserError("region_faithfulness needs a segmentation target; drop it from evaluation.metrics")
+    if key == CONTROL_RANDOM:
+        maps = random_map(torch.zeros(1, *x.shape[2:]), settings.seed).to(x.device)
+    elif sample.truth is not None and bool(sample.truth.any()):
+        maps = sample.truth.to(x.device).float().unsqueeze(0)
+    else:
+        maps = target.mask.to(x.device).float()
+    row.update(_region_faithfulness(model, x, maps, target, settings, output))
+    if "localisation" in settings.metrics and sample.truth is not None and bool(sample.truth.any()):
+        truth = sample.truth.to(x.device).bool()
+        row["energy_inside"] = float(energy_inside(maps, truth)[0])
+    row["status"] = "ok"
+    return row
 
 
 def run_evaluation(
@@ -190,7 +283,7 @@ def run_evaluation(
     store = ResultStore(folder, settings, shard, context)
     done = store.open()
     mine = [i for i in range(len(samples)) if shard.owns(i)]
-    keys = [spec.key for spec in settings.methods]
+    keys = list(settings.keys)
     total, count = len(mine) * len(keys), 0
     seen: set[str] = set()
     warmed: set[str] = set()  # methods whose first explanation in this process has run
@@ -206,6 +299,16 @@ def run_evaluation(
             continue
         sample = samples[index]
         _check_unique(sample.id, seen)
+        for key in settings.controls:
+            count += 1
+            if (sample.id, key) not in done:
+                try:
+                    store.append(_score_control(model, sample, key, settings, output))
+                except TargetError as err:
+                    log.warning("sample %s, %s: skipped (%s)", sample.id, key, err)
+                    store.append({"sample": sample.id, "method": key, "status": f"skipped: {err}"})
+            if progress is not None:
+                progress(count, total, f"{sample.id} {key}")
         for spec in settings.methods:
             count += 1
             if (sample.id, spec.key) not in done:
@@ -248,7 +351,8 @@ def write_report(folder: str | Path, settings: EvaluationSettings, title: str = 
     rows = read_results(folder)
     summary = folder / "summary.md"
     write_atomic(summary, summary_markdown(rows, settings, title))
-    methods = [m.key for m in settings.methods]
+    methods = list(settings.keys)
+    rows = with_normalised_scores(rows)
     plot_metrics(rows, methods, settings.metrics, folder / "metrics.png")
     if "deletion_insertion" in settings.metrics:
         fractions, curves = read_curves(folder)

@@ -24,7 +24,13 @@ METRICS: dict[str, tuple[str, ...]] = {
     "deletion_insertion": ("deletion_auc", "insertion_auc", "overall"),
     "localisation": ("box_iou", "pointing_game", "energy_inside", "dice"),
     "sanity": ("sanity_spearman", "sanity_ssim", "sanity_spearman_mean"),
+    "held_out_stability": ("held_out_variance", "held_out_spearman", "held_out_topk_iou"),
+    "region_faithfulness": ("keep_topk", "remove_topk", "deletion_m_auc", "insertion_m_auc", "insertion_start"),
 }
+# the two control maps every region_faithfulness table carries, scored as if they were methods
+CONTROL_RANDOM = "control: random map"
+CONTROL_TRUTH = "control: truth mask"
+CONTROLS = (CONTROL_RANDOM, CONTROL_TRUTH)
 DEFAULT_METRICS = ("average_drop", "deletion_insertion", "localisation")
 
 
@@ -100,6 +106,46 @@ class FaithfulnessSettings:
 
 
 @dataclass(frozen=True)
+class RegionFaithfulnessSettings:
+    """Options of the segmentation faithfulness metrics (see medcam.metrics.region_faithfulness).
+
+    k = each of ``multiples`` x |M| voxels for keep / remove top-k; deletion / insertion
+    over 0 .. ``extent`` x |M| in ``steps`` steps; removed voxels show ``baseline``.
+    """
+
+    multiples: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    extent: float = 4.0
+    steps: int = 8
+    baseline: str | float = "min"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "multiples", tuple(float(m) for m in self.multiples))
+        if not self.multiples or min(self.multiples) <= 0 or self.extent <= 0:
+            raise UserError(f"region_faithfulness multiples and extent must be positive, got {self.multiples}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise UserError(f"region_faithfulness steps and batch_size must be at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class HeldOutSettings:
+    """Options of the held-out stability metric (medcam.methods.robust.held_out).
+
+    ``views``: view strings, or ``None`` for the defaults (none among RobustCAM's fused views);
+    ``multiple``: top-k IoU over ``multiple`` x |M| voxels (classifiers: 10 % of the pixels).
+    """
+
+    views: tuple[str, ...] | None = None
+    multiple: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.views is not None:
+            object.__setattr__(self, "views", tuple(str(v) for v in self.views))
+        if self.multiple <= 0:
+            raise UserError(f"held_out multiple must be positive, got {self.multiple}")
+
+
+@dataclass(frozen=True)
 class LocalisationSettings:
     """Options of the localisation metrics (see medcam.metrics.localisation)."""
 
@@ -138,6 +184,8 @@ class EvaluationSettings:
     methods: tuple[MethodSpec, ...]
     metrics: tuple[str, ...] = DEFAULT_METRICS
     faithfulness: FaithfulnessSettings = field(default_factory=FaithfulnessSettings)
+    region_faithfulness: RegionFaithfulnessSettings = field(default_factory=RegionFaithfulnessSettings)
+    held_out: HeldOutSettings = field(default_factory=HeldOutSettings)
     localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
     sanity: SanitySettings = field(default_factory=SanitySettings)
     seed: int = 0
@@ -146,6 +194,9 @@ class EvaluationSettings:
         if not self.methods:
             raise UserError("an evaluation needs at least one method")
         keys = [m.key for m in self.methods]
+        taken = sorted(set(keys) & set(CONTROLS))
+        if taken:
+            raise UserError(f"method label(s) {taken} are reserved for the controls; choose another label")
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
             raise UserError(f"method labels must be unique, {repeated} appear twice; give entries a 'label'")
@@ -154,6 +205,16 @@ class EvaluationSettings:
                 close = difflib.get_close_matches(metric, list(METRICS), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UserError(f"metric {metric!r} is not known (valid: {', '.join(METRICS)}){hint}")
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The control rows each sample gets (with region_faithfulness only)."""
+        return CONTROLS if "region_faithfulness" in self.metrics else ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every row key of a sample: the controls, then the methods."""
+        return (*self.controls, *(m.key for m in self.methods))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -178,6 +239,10 @@ class EvaluationSettings:
             methods=tuple(MethodSpec.from_value(m) for m in methods),
             metrics=tuple(metrics),
             faithfulness=_build(FaithfulnessSettings, data.get("faithfulness"), "faithfulness"),
+            region_faithfulness=_build(
+                RegionFaithfulnessSettings, data.get("region_faithfulness"), "region_faithfulness"
+            ),
+            held_out=_build(HeldOutSettings, data.get("held_out"), "held_out"),
             localisation=_build(LocalisationSettings, data.get("localisation"), "localisation"),
             sanity=_build(SanitySettings, data.get("sanity"), "sanity"),
             seed=int(data.get("seed", 0)),

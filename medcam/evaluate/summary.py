@@ -16,7 +16,7 @@ from typing import Literal
 
 from scipy import stats
 
-from medcam.evaluate.settings import EvaluationSettings
+from medcam.evaluate.settings import CONTROL_RANDOM, CONTROL_TRUTH, EvaluationSettings
 
 Z95 = 1.959963984540054
 
@@ -57,6 +57,19 @@ COLUMNS = {
         Column("pointing_game", "Pointing game (%)", "higher", scale=100.0, proportion=True),
         Column("energy_inside", "Energy inside", "higher"),
         Column("dice", "Dice", "higher"),
+        Column("held_out_variance", "Variance x 1e6, held-out views", "lower", scale=1e6),
+        Column("held_out_spearman", "Spearman to clean map", "higher"),
+        Column("held_out_topk_iou", "Top-k IoU (k = |M|)", "higher"),
+        Column("keep_topk", "Keep top-k", "higher"),
+        Column("remove_topk", "Remove top-k", "lower"),
+        Column("deletion_m_auc", "Deletion AUC (|M| steps)", "lower"),
+        Column("insertion_m_auc", "Insertion AUC (|M| steps)", "higher"),
+        Column("insertion_start", "Insertion start", "lower"),
+        Column("keep_norm", "Keep, normalised", "higher"),
+        Column("remove_norm", "Remove, normalised", "higher"),
+        Column("deletion_m_norm", "Deletion, normalised", "higher"),
+        Column("insertion_m_norm", "Insertion, normalised", "higher"),
+        Column("ranked", "random < map < truth, keep (%)", "higher", scale=100.0, proportion=True),
         Column("sanity_spearman", "Spearman, all randomised", "lower"),
         Column("sanity_ssim", "SSIM, all randomised", "lower"),
         Column("sanity_spearman_mean", "Spearman, mean over steps", "lower"),
@@ -72,8 +85,63 @@ TABLES = {
         "Sanity: similarity to the original map under cascading randomisation (Adebayo 2018)",
         ("sanity_spearman", "sanity_ssim", "sanity_spearman_mean"),
     ),
+    "region_faithfulness": (
+        "Segmentation faithfulness: top-k and deletion / insertion in units of |M|, with controls",
+        ("keep_topk", "remove_topk", "deletion_m_auc", "insertion_m_auc", "insertion_start"),
+    ),
+    "held_out_stability": (
+        "Stability under held-out perturbations (views not among RobustCAM's fused ones; "
+        "RobustCAM paper: variance 0.142 -> 0.051)",
+        ("held_out_variance", "held_out_spearman", "held_out_topk_iou"),
+    ),
+    "region_normalised": (
+        "Segmentation faithfulness, normalised: (O - O_random) / (O_truth - O_random), 0 = random map, 1 = truth",
+        ("keep_norm", "remove_norm", "deletion_m_norm", "insertion_m_norm", "ranked"),
+    ),
     "time": ("Time", ("seconds", "first_seconds")),
 }
+# the tables the control maps appear in
+CONTROL_TABLES = ("region_faithfulness", "region_normalised", "localisation")
+# raw column -> its normalised column (see with_normalised_scores)
+NORMALISED = {
+    "keep_topk": "keep_norm",
+    "remove_topk": "remove_norm",
+    "deletion_m_auc": "deletion_m_norm",
+    "insertion_m_auc": "insertion_m_norm",
+}
+AVERAGE_DROP_NOTE = (
+    "Average Drop / Increase are not meaningful for segmentation targets: masking the input with any map "
+    "that is not ~1 on M drops the mean probability over M to ~0 (a random map scores ~100 %), and the clean "
+    "score is ~1, so nothing can increase it. Read the segmentation faithfulness tables instead."
+)
+
+
+def with_normalised_scores(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows with ``(O - O_random) / (O_truth - O_random)`` of each region faithfulness score.
+
+    Each row is normalised by the two control rows of its own sample; ``ranked`` is 1 when the
+    map's keep-top-k score lies strictly between the random map's and the truth mask's.
+    """
+    controls: dict[tuple[str, str], dict[str, str]] = {
+        (r["sample"], r["method"]): r for r in rows if r["method"] in (CONTROL_RANDOM, CONTROL_TRUTH)
+    }
+    out = []
+    for row in rows:
+        row = dict(row)
+        random, truth = controls.get((row["sample"], CONTROL_RANDOM)), controls.get((row["sample"], CONTROL_TRUTH))
+        if random is not None and truth is not None and row.get("status") == "ok":
+            for raw, name in NORMALISED.items():
+                values = [row.get(raw, ""), random.get(raw, ""), truth.get(raw, "")]
+                if "" in values:
+                    continue
+                o, r, t = (float(v) for v in values)
+                row[name] = "" if abs(t - r) < 1e-12 else repr((o - r) / (t - r))
+            keep = [row.get("keep_topk", ""), random.get("keep_topk", ""), truth.get("keep_topk", "")]
+            if "" not in keep:
+                o, r, t = (float(v) for v in keep)
+                row["ranked"] = "1" if r < o < t else "0"
+        out.append(row)
+    return out
 
 
 @dataclass(frozen=True)
@@ -133,7 +201,8 @@ def _cell(e: Estimate) -> str:
 
 def summary_markdown(rows: Sequence[dict[str, str]], settings: EvaluationSettings, title: str = "Evaluation") -> str:
     """The summary tables for results.csv rows (all samples, all methods)."""
-    methods = [m.key for m in settings.methods]
+    methods = list(settings.keys)
+    rows = with_normalised_scores(rows)
     ok = [r for r in rows if r["status"] == "ok"]
     samples = sorted({r["sample"] for r in rows})
     lines = [f"# {title}", ""]
@@ -144,7 +213,11 @@ def summary_markdown(rows: Sequence[dict[str, str]], settings: EvaluationSetting
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines.append(f"{len(skipped)} sample x method pair(s) were skipped; their reason is in results.csv.")
-    for metric in (*settings.metrics, "time"):
+    tables = [m for m in settings.metrics]
+    if "region_faithfulness" in tables:
+        tables.insert(tables.index("region_faithfulness") + 1, "region_normalised")
+    segmentation = bool(settings.controls) and any(r["method"] in settings.controls for r in ok)
+    for metric in (*tables, "time"):
         heading, names = TABLES[metric]
         columns = [COLUMNS[n] for n in names]
         lines += ["", f"## {heading}", ""]
@@ -152,10 +225,18 @@ def summary_markdown(rows: Sequence[dict[str, str]], settings: EvaluationSetting
         lines.append("| method | " + " | ".join(headings) + " | n |")
         lines.append("|---|" + "---:|" * len(columns) + "---:|")
         for method in methods:
+            if method in settings.controls and metric not in (
+                "region_faithfulness",
+                "region_normalised",
+                "localisation",
+            ):
+                continue  # the controls are scored by the segmentation metrics (and energy) only
             mine = [r for r in ok if r["method"] == method]
             found = [estimate(mine, c) for c in columns]
             count = found[0].n if metric == "time" else max((e.n for e in found), default=0)
             lines.append(f"| {method} | " + " | ".join(_cell(e) for e in found) + f" | {count} |")
+        if metric == "average_drop" and segmentation:
+            lines += ["", AVERAGE_DROP_NOTE]
         if metric == "time":
             lines += [
                 "",

@@ -21,14 +21,16 @@ import torch
 from torch import Tensor
 
 from medcam.core.combine import (
+    agreement_fusion,
     contribution_weights,
     denoise_below_percentile,
     denoise_gradients,
+    paper_fusion,
     per_sample,
     similarity_fusion,
 )
 from medcam.core.ops import minmax, normalize, spatial_dims
-from medcam.core.perturbation import BASELINES, baseline_image
+from medcam.core.perturbation import BaselineSpec
 from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
@@ -43,15 +45,18 @@ from medcam.methods.base import (
 )
 from medcam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
 from medcam.methods.region import (
+    AUTO,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MASK_TOP,
     GroupCAM,
     MaskedInputs,
+    Masking,
     RegionMethod,
     ScoreCAM,
     ScoreQueue,
     check_region_options,
 )
-from medcam.methods.region_windows import EnsembleWindowStitcher
+from medcam.methods.region_windows import EnsembleWindowStitcher, whole_input_only
 
 GRADIENT_PARTS: dict[str, type[GradientMethod]] = {
     GradCAM.name: GradCAM,
@@ -60,6 +65,11 @@ GRADIENT_PARTS: dict[str, type[GradientMethod]] = {
     HiResCAM.name: HiResCAM,
 }
 REGION_PARTS: tuple[str, ...] = (ScoreCAM.name, GroupCAM.name)
+FUSION_VARIANTS: tuple[str, ...] = (AUTO, "normalised", "paper", "segmentation")
+# a contribution smaller than this fraction of the clean score is rounding noise, not evidence
+DEFAULT_TOLERANCE = 0.01
+# the segmentation variant's guard compares keep-top-k scores at k = these multiples of |M|
+GUARD_MULTIPLES: tuple[float, ...] = (1.0, 4.0)
 
 # maps inside an ensemble are ReLU'd and min-max normalised (docs/methods-region-fusion.md); the user's
 # post-processing applies to the result only
@@ -67,19 +77,21 @@ INTERNAL = PostProcessing(relu=True, normalization="minmax")
 
 
 class _Contributions:
-    """Scores ``beta(L)`` of maps at input resolution against one baseline image, via a queue."""
+    """Scores ``beta(L)`` of maps at input resolution against one baseline image, via a queue.
 
-    def __init__(self, queue: ScoreQueue, baseline: str) -> None:
+    The masked input is ``I_b + H (X - I_b)`` with H the map itself (``mask="soft"``) or
+    its top ``top`` fraction (``"binary"``); with the zeros baseline and soft masks it is
+    the paper's ``L * X``.
+    """
+
+    def __init__(self, queue: ScoreQueue, baseline: BaselineSpec, top: float | None) -> None:
         self.queue = queue
         self.samples = torch.arange(queue.x.shape[0])
-        # None = all-zeros: the masked input is then exactly L * X
-        self.base = None if baseline == "zeros" else baseline_image(queue.x, baseline)
-        flat = torch.zeros(queue.x.shape[0], *([1] * len(queue.size)))
-        base = torch.zeros_like(queue.x) if self.base is None else self.base
-        self._base_ticket = queue.add(MaskedInputs(flat, self.samples, base, normalize=False))
+        self.top = top
+        self.base, self._base_ticket = queue.baseline(baseline), queue.baseline_ticket(baseline)  # None: zeros
 
     def add(self, maps: Tensor) -> int:
-        return self.queue.add(MaskedInputs(maps, self.samples, self.base, normalize=False))
+        return self.queue.add(MaskedInputs(maps, self.samples, self.base, normalize=False, top=self.top))
 
     def beta(self, ticket: int) -> Tensor:
         return self.queue[ticket].probability - self.queue[self._base_ticket].probability
@@ -89,7 +101,8 @@ class EnsembleMethod(CAMMethod):
     """Shared set-up of Union-CAM and Fusion-CAM: one captured pass, one queue, the region part."""
 
     region: str
-    baseline: str
+    baseline: BaselineSpec
+    masking: Masking
     batch_size: int
     precision: str
     max_channels: int | None
@@ -103,12 +116,14 @@ class EnsembleMethod(CAMMethod):
         *,
         region: str,
         theta: float,
-        baseline: str,
+        baseline: BaselineSpec,
         batch_size: int,
         precision: str,
         max_channels: int | None,
         groups: int,
         memory_format: str,
+        mask: str = AUTO,
+        mask_top: float = DEFAULT_MASK_TOP,
     ) -> None:
         """Check and keep the options Union-CAM and Fusion-CAM share."""
         if not 0.0 <= theta < 100.0:
@@ -116,6 +131,7 @@ class EnsembleMethod(CAMMethod):
         self.region = region
         self.theta = theta
         self.baseline = baseline
+        self.masking = Masking(mask, mask_top, baseline)
         self.batch_size = batch_size
         self.precision = precision
         self.max_channels = max_channels
@@ -124,24 +140,41 @@ class EnsembleMethod(CAMMethod):
         check_region_options(self.batch_size, self.precision, self.memory_format)
         if self.region not in REGION_PARTS:
             raise UserError(f"region={self.region!r} is not a region method; use one of {REGION_PARTS}")
-        if self.baseline not in BASELINES:
-            raise UserError(f"baseline={self.baseline!r} is not known; use one of {BASELINES}")
         if self.max_channels is not None and self.region != ScoreCAM.name:
             raise UserError("max_channels applies to the Score-CAM region part; drop it or use region='scorecam'")
 
-    def region_method(self) -> RegionMethod:
+    def paper_masking(self) -> bool:
+        """Whether ``auto`` masking resolves as for a classifier even on segmentation targets."""
+        return False
+
+    def resolved_masking(self, segmentation: bool) -> tuple[str, BaselineSpec]:
+        return self.masking.resolve(segmentation and not self.paper_masking())
+
+    def region_method(self, segmentation: bool = False) -> RegionMethod:
+        """The region part, with the ensemble's mask; its baseline is its own default for the target.
+
+        ``baseline`` applies to the contribution weights only (as before the masking options
+        existed), so a classifier's region part stays the paper's Score-CAM on ``X * H_k``.
+        """
+        mask, _ = self.resolved_masking(segmentation)
+        _, baseline = Masking().resolve(segmentation and not self.paper_masking())
         if self.region == ScoreCAM.name:
             return ScoreCAM(
                 batch_size=self.batch_size,
                 precision=self.precision,
                 max_channels=self.max_channels,
                 memory_format=self.memory_format,
+                mask=mask,
+                mask_top=self.masking.top,
+                baseline=baseline,
             )
         return GroupCAM(
             groups=self.groups,
             batch_size=self.batch_size,
             precision=self.precision,
             memory_format=self.memory_format,
+            mask=mask,
+            mask_top=self.masking.top,
         )
 
     def run(
@@ -152,8 +185,9 @@ class EnsembleMethod(CAMMethod):
         layers: Mapping[str, str],
         post: PostProcessing,
     ) -> MethodResult:
-        region = self.region_method()
         capture = probe.capture(x, layers, target, gradients=True)
+        segmentation = capture.target.is_segmentation
+        region = self.region_method(segmentation)
         queue = ScoreQueue(
             probe,
             x,
@@ -162,8 +196,9 @@ class EnsembleMethod(CAMMethod):
             precision=self.precision,
             memory_format=self.memory_format,
         )
-        contributions = _Contributions(queue, self.baseline)
-        stats: dict[str, Any] = {}
+        mask, baseline = self.resolved_masking(segmentation)
+        contributions = _Contributions(queue, baseline, self.masking.top if mask == "binary" else None)
+        stats: dict[str, Any] = {"contributions": self.masking.describe(segmentation and not self.paper_masking())}
         maps, extras = self.ensemble(capture, queue, contributions, region, post, stats)
         stats.update(forward_passes=queue.forwards + 1, scored_inputs=queue.images, precision=queue.precision)
         return MethodResult(maps, capture.target, capture.output, extras=extras, stats=stats)
@@ -173,15 +208,31 @@ class EnsembleMethod(CAMMethod):
         raise NotImplementedError
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
-        """Over sliding windows: :class:`~medcam.methods.region_windows.EnsembleWindowStitcher`."""
+        """Over sliding windows: :class:`~medcam.methods.region_windows.EnsembleWindowStitcher`.
+
+        It computes the union and the normalised similarity fusion with soft masks; the
+        segmentation variant of Fusion-CAM and binary masks run on whole inputs only.
+        """
+        segmentation = context.target.is_segmentation
+        mask, baseline = self.resolved_masking(segmentation)
+        unsupported = self.window_unsupported(segmentation)
+        if mask == "binary" or unsupported:
+            reason = unsupported or "binary masks"
+            fix = "--method-option mask=soft" if mask == "binary" else "--method-option variant=normalised"
+            whole_input_only(self.name, reason, fix, context)
+            return None
         return EnsembleWindowStitcher(
             context,
-            self.region_method().window_region(),
+            self.region_method(segmentation).window_region(segmentation),
             name=self.name,
             gradient=self.window_gradient(),
             theta=self.theta,
-            baseline=self.baseline,
+            baseline=baseline,
         )
+
+    def window_unsupported(self, segmentation: bool) -> str | None:
+        """What of this method's configuration the windowed computation does not cover (``None``: all of it)."""
+        return None
 
     @abstractmethod
     def ensemble(
@@ -203,6 +254,8 @@ def _as_list(values: Tensor) -> list[float]:
 class FusionCAM(EnsembleMethod):
     """Fusion-CAM (Dekdegue et al. 2026): denoise, weighted union, similarity fusion.
 
+    ``variant="normalised"`` (classifiers' default, medcam's reading):
+
     1. L_d = the gradient map (``gradient``, min-max) with pixels below its
        ``theta``-th percentile set to 0.
     2. L_r = the region map (``region``: Score-CAM or Group-CAM), same captured pass.
@@ -210,6 +263,16 @@ class FusionCAM(EnsembleMethod):
        <= 0: 0.5 each); L_gr = mm(b_d L_d + b_r L_r).
     4. b_gr = beta(L_gr); (b_gr, b_r) clamped and renormalised; L1 = b_gr L_gr, L2 = b_r L_r.
     5. S = clip(1 - |L1 - L2|, 0, 1); L = mm(S max(L1, L2) + (1 - S)(L1 + L2) / 2).
+
+    ``variant="paper"``: Eqs. 1-6 exactly, raw betas, no normalisation between the
+    steps, soft masks on the zeros image unless ``mask`` / ``baseline`` say otherwise
+    (:func:`medcam.core.combine.paper_fusion`).
+
+    ``variant="segmentation"`` (segmentation targets' default): steps 1-4 as
+    ``normalised`` with the segmentation masking, then :func:`~medcam.core.combine.agreement_fusion`
+    (``S max + (1 - S) min``: disagreement suppressed); the result falls back to the
+    gradient map L_g when every beta is below ``tolerance`` x the clean score (no
+    evidence to weigh) or when the fused map scores lower than L_g (``stats["fallback"]``).
 
     The agreement S of every layer is returned in ``extras["agreement"]``.
     """
@@ -221,16 +284,26 @@ class FusionCAM(EnsembleMethod):
         gradient: str = "gradcam",
         region: str = "scorecam",
         theta: float = 10.0,
-        baseline: str = "zeros",
+        baseline: BaselineSpec = AUTO,
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "fp32",
         max_channels: int | None = None,
         groups: int = 32,
         memory_format: str = "auto",
+        variant: str = AUTO,
+        mask: str = AUTO,
+        mask_top: float = DEFAULT_MASK_TOP,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         if gradient not in GRADIENT_PARTS:
             raise UserError(f"gradient={gradient!r} is not a gradient method; use one of {tuple(GRADIENT_PARTS)}")
+        if variant not in FUSION_VARIANTS:
+            raise UserError(f"variant={variant!r} is not known; use one of {FUSION_VARIANTS}")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+            raise UserError(f"tolerance is a fraction of the clean score in [0, 1), got {tolerance!r}")
         self.gradient = gradient
+        self.variant = variant
+        self.tolerance = float(tolerance)
         self._setup(
             region=region,
             theta=theta,
@@ -240,10 +313,24 @@ class FusionCAM(EnsembleMethod):
             max_channels=max_channels,
             groups=groups,
             memory_format=memory_format,
+            mask=mask,
+            mask_top=mask_top,
         )
 
     def window_gradient(self) -> Combine:
         return GRADIENT_PARTS[self.gradient]().combine
+
+    def paper_masking(self) -> bool:
+        return self.variant == "paper"
+
+    def resolved_variant(self, segmentation: bool) -> str:
+        if self.variant != AUTO:
+            return self.variant
+        return "segmentation" if segmentation else "normalised"
+
+    def window_unsupported(self, segmentation: bool) -> str | None:
+        variant = self.resolved_variant(segmentation)
+        return None if variant == "normalised" else f"variant={variant!r}"
 
     def ensemble(
         self,
@@ -254,6 +341,8 @@ class FusionCAM(EnsembleMethod):
         post: PostProcessing,
         stats: dict[str, Any],
     ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        variant = self.resolved_variant(capture.target.is_segmentation)
+        stats["variant"] = variant
         gradient_maps = GRADIENT_PARTS[self.gradient]().maps(capture, queue.size, INTERNAL)
         denoised = {a: denoise_below_percentile(m, self.theta) for a, m in gradient_maps.items()}
         # the denoised maps and the baseline ride along with the region method's batches
@@ -263,6 +352,10 @@ class FusionCAM(EnsembleMethod):
         region_maps = finish_region()
         region_tickets = {a: contributions.add(m) for a, m in region_maps.items()}
         queue.run()
+        if variant == "paper":
+            return self._paper(
+                capture, queue, contributions, denoised, region_maps, denoised_tickets, region_tickets, post, stats
+            )
 
         combined, weights_r = {}, {}
         betas: dict[str, dict[str, list[float]]] = {}
@@ -277,10 +370,126 @@ class FusionCAM(EnsembleMethod):
         queue.run()
 
         maps, agreement = {}, {}
+        fused_maps: dict[str, Tensor] = {}
         for alias in capture.activations:
             beta_gr = contributions.beta(combined_tickets[alias])
             b_gr, b_r = contributions_as_weights(beta_gr, weights_r[alias], like=combined[alias])
-            fused, agreement[alias] = similarity_fusion(b_gr * combined[alias], b_r * region_maps[alias])
+            first, second = b_gr * combined[alias], b_r * region_maps[alias]
+            if variant == "segmentation":
+                fused, agreement[alias] = agreement_fusion(first, second)
+            else:
+                fused, agreement[alias] = similarity_fusion(first, second)
+            fused_maps[alias] = minmax(fused)
+            betas[alias]["combined"] = _as_list(beta_gr)
+        stats["betas"] = betas
+        if variant == "segmentation":
+            fused_maps = self._guard(capture, queue, contributions, gradient_maps, fused_maps, betas, stats)
+        for alias, fused in fused_maps.items():
+            maps[alias] = normalize(fused, post.normalization)
+        return maps, {"agreement": agreement}
+
+    def _guard(
+        self,
+        capture: Capture,
+        queue: ScoreQueue,
+        contributions: _Contributions,
+        gradient_maps: dict[str, Tensor],
+        fused_maps: dict[str, Tensor],
+        betas: dict[str, dict[str, list[float]]],
+        stats: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        """The segmentation variant's fallback to the gradient map L_g, per sample, logged in ``stats``.
+
+        The two maps are compared by their keep-top-k score (the segmentation faithfulness
+        metric, docs/metrics.md): ``f_c`` with only the top ``k`` voxels of the map shown and
+        the rest the baseline, averaged over ``k`` in :data:`GUARD_MULTIPLES` x |M|.
+        """
+        clean = capture.target.probability(capture.output.detach()).to(queue.probe.device)
+        mask = capture.target.mask
+        if mask is None:
+            raise UserError("variant='segmentation' explains segmentation targets; use variant='normalised'")
+        sizes = mask.flatten(1).sum(dim=1).tolist()
+        pixels = float(torch.Size(queue.size).numel())
+
+        def keep_tickets(maps: Tensor) -> list[list[int]]:
+            return [
+                [
+                    queue.add(
+                        MaskedInputs(
+                            maps[n : n + 1],
+                            torch.tensor([n]),
+                            contributions.base,
+                            normalize=False,
+                            top=min(1.0, m * max(1.0, sizes[n]) / pixels),
+                        )
+                    )
+                    for m in GUARD_MULTIPLES
+                ]
+                for n in range(maps.shape[0])
+            ]
+
+        def keep_score(tickets: list[list[int]]) -> Tensor:
+            return torch.stack([torch.cat([queue[t].probability for t in row]).mean() for row in tickets]).to(
+                clean.device
+            )
+
+        gradient_tickets = {a: keep_tickets(m) for a, m in gradient_maps.items()}
+        fused_tickets = {a: keep_tickets(m) for a, m in fused_maps.items()}
+        queue.run()
+        out: dict[str, Tensor] = {}
+        fallback: dict[str, list[str]] = {}
+        for alias, fused in fused_maps.items():
+            beta_g = keep_score(gradient_tickets[alias])
+            beta_f = keep_score(fused_tickets[alias])
+            parts = torch.tensor([betas[alias]["denoised_gradient"], betas[alias]["region"]], device=clean.device)
+            negligible = (parts < self.tolerance * clean).all(dim=0)
+            worse = beta_f.to(clean.device) < beta_g.to(clean.device)
+            reasons = [
+                "betas negligible against the clean score"
+                if n
+                else "fused map scores below the gradient map"
+                if w
+                else "fused"
+                for n, w in zip(negligible.tolist(), worse.tolist(), strict=True)
+            ]
+            keep = per_sample((~(negligible | worse)).float(), fused) > 0
+            out[alias] = torch.where(keep, fused, gradient_maps[alias])
+            fallback[alias] = reasons
+            betas[alias]["keep_gradient"] = _as_list(beta_g)
+            betas[alias]["keep_fused"] = _as_list(beta_f)
+            betas[alias]["clean"] = _as_list(clean)
+        stats["fallback"] = fallback
+        return out
+
+    def _paper(
+        self,
+        capture: Capture,
+        queue: ScoreQueue,
+        contributions: _Contributions,
+        denoised: dict[str, Tensor],
+        region_maps: dict[str, Tensor],
+        denoised_tickets: dict[str, int],
+        region_tickets: dict[str, int],
+        post: PostProcessing,
+        stats: dict[str, Any],
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """Eqs. 2-6 with raw betas; the user's normalisation applies to the result only."""
+        betas: dict[str, dict[str, list[float]]] = {}
+        raw: dict[str, tuple[Tensor, Tensor]] = {}
+        combined: dict[str, Tensor] = {}
+        for alias in capture.activations:
+            beta_d = contributions.beta(denoised_tickets[alias])
+            beta_r = contributions.beta(region_tickets[alias])
+            raw[alias] = (beta_d, beta_r)
+            combined[alias], _, _ = paper_fusion(denoised[alias], region_maps[alias], beta_d, beta_r)
+            betas[alias] = {"denoised_gradient": _as_list(beta_d), "region": _as_list(beta_r)}
+        combined_tickets = {a: contributions.add(m) for a, m in combined.items()}
+        queue.run()
+        maps, agreement = {}, {}
+        for alias in capture.activations:
+            beta_gr = contributions.beta(combined_tickets[alias])
+            beta_d, beta_r = raw[alias]
+            _, fused, agreement[alias] = paper_fusion(denoised[alias], region_maps[alias], beta_d, beta_r, beta_gr)
             maps[alias] = normalize(fused, post.normalization)
             betas[alias]["combined"] = _as_list(beta_gr)
         stats["betas"] = betas
@@ -300,7 +509,9 @@ class UnionCAM(EnsembleMethod):
     W_k = ReLU(G_k) / sum_p ReLU(G_k); L_d = mm(ReLU(sum_k W_k * A_k)). Region part:
     L_r (Score-CAM by default). Combined L_u = mm(b_d L_d + b_r L_r) with the
     contribution weights (clamped and normalised as in Fusion-CAM, medcam's choice);
-    the result is L_u where beta(L_u) > beta(L_r), else L_r.
+    the result is L_u where beta(L_u) > beta(L_r), else L_r. ``denoise="positive"``
+    (default) takes the percentile over each channel's positive gradients, ``"paper"``
+    over all of them (which removes nothing when the percentile is <= 0).
     """
 
     name = "unioncam"
@@ -309,13 +520,19 @@ class UnionCAM(EnsembleMethod):
         self,
         region: str = "scorecam",
         theta: float = 10.0,
-        baseline: str = "zeros",
+        baseline: BaselineSpec = AUTO,
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "fp32",
         max_channels: int | None = None,
         groups: int = 32,
         memory_format: str = "auto",
+        mask: str = AUTO,
+        mask_top: float = DEFAULT_MASK_TOP,
+        denoise: str = "positive",
     ) -> None:
+        if denoise not in ("positive", "paper"):
+            raise UserError(f"denoise={denoise!r} is not known; use 'positive' or 'paper'")
+        self.denoise = denoise
         self._setup(
             region=region,
             theta=theta,
@@ -325,6 +542,8 @@ class UnionCAM(EnsembleMethod):
             max_channels=max_channels,
             groups=groups,
             memory_format=memory_format,
+            mask=mask,
+            mask_top=mask_top,
         )
 
     def window_gradient(self) -> Combine:
@@ -332,7 +551,7 @@ class UnionCAM(EnsembleMethod):
 
     def gradient_map(self, acts: Tensor, gradients: Tensor) -> Tensor:
         """Raw Union-CAM gradient map ``(N, *s)`` from denoised, per-channel normalised positive gradients."""
-        positive = denoise_gradients(gradients.float(), self.theta).clamp_min(0)
+        positive = denoise_gradients(gradients.float(), self.theta, positive=self.denoise == "positive").clamp_min(0)
         total = positive.sum(dim=spatial_dims(positive, channels=True), keepdim=True)
         weights = torch.where(total > 0, positive / torch.where(total > 0, total, torch.ones_like(total)), 0.0)
         return (weights * acts.float()).sum(dim=1)

@@ -28,11 +28,16 @@ from torch import Tensor
 
 from medcam.core.ops import spatial_dims, upsample
 from medcam.core.perturbation import (
+    BASELINES,
     BLUR_KERNEL,
     BLUR_SIGMA,
+    BaselineSpec,
+    baseline_image,
     batch_ranges,
+    binarise_top,
     blend,
     blur_baseline,
+    check_masking,
     mask_to_input,
 )
 from medcam.core.precision import PRECISIONS, autocast_dtype
@@ -40,17 +45,72 @@ from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, MethodResult, PostProcessing, WindowContext, WindowStitcher
-from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion
+from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion, whole_input_only
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 MEMORY_FORMATS: tuple[str, ...] = ("auto", "channels_last", "contiguous")
-ScoreCAMWeights = Literal["probability", "softmax_over_channels"]
-SCORECAM_WEIGHTS: tuple[str, ...] = ("probability", "softmax_over_channels")
+ScoreCAMWeights = Literal["probability", "increase", "softmax_over_channels"]
+SCORECAM_WEIGHTS: tuple[str, ...] = ("probability", "increase", "softmax_over_channels")
 
 DEFAULT_BATCH_SIZE = 16
+
+AUTO = "auto"
+# How a segmentation target is scored on a masked input when mask / baseline are "auto":
+# chosen by measurement (energy inside the true tumour on held-out KiTS-like phantoms with
+# the demo U-Net, benchmarks/bench_masking.py, docs/methods-region-fusion.md). Classifiers
+# keep the papers' soft masks on the all-zeros image.
+SEGMENTATION_MASK = "soft"
+SEGMENTATION_BASELINE: BaselineSpec = "min"
+# with a non-zero baseline every masked input scores at least about f_c(x_b); weighting channels
+# by that raw probability adds f_c(x_b) x (the plain channel sum), a diffuse map: segmentation
+# weighs by the increase over the baseline instead
+SEGMENTATION_WEIGHTS = "increase"
+DEFAULT_MASK_TOP = 0.05
+
+
+@dataclass(frozen=True)
+class Masking:
+    """How a region score shows the model the input through a map ``H``: ``x_b + H (x - x_b)``.
+
+    ``mask``: ``"soft"`` (H = the min-max normalised upsampled map, the papers'),
+    ``"binary"`` (H = 1 on the ``top`` fraction of each upsampled map, else 0) or
+    ``"auto"`` (binary for segmentation targets, soft for classifiers). ``baseline``:
+    ``x_b`` in the one baseline grammar (:func:`medcam.core.perturbation.baseline_image`),
+    or ``"auto"`` (``classifier``'s for classifiers, :data:`SEGMENTATION_BASELINE` for
+    segmentation). On CT and MR a soft mask times the image turns tissue into other
+    tissue (0.75 x tumour = cyst); a binary mask over an air (``"min"``) baseline shows
+    each voxel either as it is or as air.
+    """
+
+    mask: str = AUTO
+    top: float = DEFAULT_MASK_TOP
+    baseline: BaselineSpec = AUTO
+    classifier: BaselineSpec = "zeros"
+
+    def __post_init__(self) -> None:
+        check_masking(SEGMENTATION_MASK if self.mask == AUTO else self.mask, self.top)
+        for spec in (self.baseline, self.classifier):
+            if isinstance(spec, str) and spec != AUTO and spec not in BASELINES:
+                raise UserError(f"baseline={spec!r} is not known; use one of {(AUTO, *BASELINES)} or a number")
+
+    def resolve(self, segmentation: bool) -> tuple[str, BaselineSpec]:
+        """The mask mode and baseline that apply to a target."""
+        mask = self.mask if self.mask != AUTO else (SEGMENTATION_MASK if segmentation else "soft")
+        baseline = self.baseline
+        if isinstance(baseline, str) and baseline == AUTO:
+            baseline = SEGMENTATION_BASELINE if segmentation else self.classifier
+        return mask, baseline
+
+    def describe(self, segmentation: bool) -> dict[str, Any]:
+        """What ran, for ``stats``."""
+        mask, baseline = self.resolve(segmentation)
+        out: dict[str, Any] = {"mask": mask, "baseline": baseline if not isinstance(baseline, Tensor) else "tensor"}
+        if mask == "binary":
+            out["mask_top"] = self.top
+        return out
 
 
 def check_region_options(batch_size: int, precision: str, memory_format: str) -> None:
@@ -71,7 +131,8 @@ class MaskedInputs:
     so the full set never sits in memory at input resolution); ``samples`` ``(Q,)``
     the sample of ``x`` each mask applies to; ``base`` ``(N, C, *S)`` or ``None`` for
     the all-zeros baseline; ``normalize`` min-max scales each upsampled mask;
-    ``logits`` asks for the target's logit score as well as its probability.
+    ``logits`` asks for the target's logit score as well as its probability; ``top``
+    binarises each mask at input resolution to its ``top`` fraction of highest pixels.
     """
 
     masks: Tensor
@@ -80,6 +141,7 @@ class MaskedInputs:
     normalize: bool = True
     align_corners: bool = False
     logits: bool = False
+    top: float | None = None
 
     def __len__(self) -> int:
         return int(self.samples.numel())
@@ -122,6 +184,7 @@ class ScoreQueue:
         self._pending: list[tuple[int, MaskedInputs]] = []
         self._done: dict[int, Scores] = {}
         self._tickets = 0
+        self._baselines: dict[str, tuple[Tensor | None, int | None]] = {}
         self.forwards = 0
         self.images = 0
 
@@ -141,6 +204,31 @@ class ScoreQueue:
         if memory_format == "channels_last" or (memory_format == "auto" and ndim == 4):
             return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
         return torch.contiguous_format
+
+    def baseline(self, spec: BaselineSpec) -> Tensor | None:
+        """The baseline image for ``spec`` (``None`` = all zeros), computed once per spec."""
+        key = self._key(spec)
+        if key not in self._baselines:
+            zeros = isinstance(spec, str) and spec == "zeros"
+            self._baselines[key] = (None if zeros else baseline_image(self.x, spec), None)
+        return self._baselines[key][0]
+
+    def baseline_ticket(self, spec: BaselineSpec) -> int:
+        """The ticket of the baseline image's own score, queued once per spec (methods share it)."""
+        base = self.baseline(spec)
+        key = self._key(spec)
+        ticket = self._baselines[key][1]
+        if ticket is None:
+            count = self.x.shape[0]
+            flat = torch.zeros(count, *([1] * len(self.size)))
+            image = torch.zeros_like(self.x) if base is None else base
+            ticket = self.add(MaskedInputs(flat, torch.arange(count), image, normalize=False))
+            self._baselines[key] = (base, ticket)
+        return ticket
+
+    @staticmethod
+    def _key(spec: BaselineSpec) -> str:
+        return spec if isinstance(spec, str) else f"{type(spec).__name__}:{id(spec)}"
 
     def add(self, inputs: MaskedInputs) -> int:
         """Queue masked inputs; the returned ticket reads their scores after :meth:`run`."""
@@ -183,6 +271,8 @@ class ScoreQueue:
                     normalize=job.normalize,
                     align_corners=job.align_corners,
                 )
+                if job.top is not None:
+                    masks = binarise_top(masks, job.top)
                 base = None if job.base is None else job.base[index]
                 parts.append(blend(self.x[index], masks, base))
                 samples.append(index)
@@ -282,8 +372,8 @@ class RegionMethod(CAMMethod):
         """Whether the captured pass must include the gradients of the target score."""
         return self.needs_gradients
 
-    def window_region(self) -> WindowRegion:
-        """How this method's masks are built and weighted over sliding windows."""
+    def window_region(self, segmentation: bool = False) -> WindowRegion:
+        """How this method's masks are built and weighted over sliding windows, for a target of that kind."""
         raise NotImplementedError
 
     @abstractmethod
@@ -336,11 +426,18 @@ def gradcam_weights(gradients: Tensor) -> Tensor:
 class ScoreCAM(RegionMethod):
     """Score-CAM (Wang et al. 2020): L = mm(ReLU(sum_k s_k U(A_k))).
 
-    s_k = p_c(X * H_k), H_k = mm(U(A_k)); channels with a constant map are skipped.
-    ``weights="softmax_over_channels"`` reproduces pytorch-grad-cam's ScoreCAM: s_k is
-    the target's logit score (segmentation: summed over M), the weights are the
-    softmax of s over channels, every channel counts (a constant one is scored on
-    the all-zeros input), and masks are upsampled with ``align_corners=True``.
+    s_k = p_c(x_b + H_k (X - x_b)), H_k = mm(U(A_k)) (``mask="soft"``) or its top
+    ``mask_top`` fraction (``"binary"``), x_b the ``baseline`` (zeros: X * H_k, the
+    official code's); channels with a constant map are skipped. ``mask`` and
+    ``baseline`` default to ``"auto"``: soft over zeros for classifiers, binary over
+    :data:`SEGMENTATION_BASELINE` for segmentation targets (see :class:`Masking`).
+    ``weights="increase"``: s_k = p_c(masked) - p_c(x_b), the paper's increase of
+    confidence (its Eq. 2) with probabilities. ``weights="softmax_over_channels"``:
+    the paper's Algorithm 1 (weights = softmax over channels of the logit increase of
+    confidence; the baseline term is one constant for all channels and cancels in the
+    softmax), as pytorch-grad-cam implements it: logit scores (segmentation: summed over
+    M), every channel counts (a constant one is scored on the baseline input), masks
+    upsampled with ``align_corners=True``, ReLU before the resize.
 
     ``max_channels=K`` scores only the K channels with the largest Grad-CAM weights
     (one extra backward pass): an approximation, see docs/methods-region-fusion.md.
@@ -352,14 +449,18 @@ class ScoreCAM(RegionMethod):
     def __init__(
         self,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        weights: str = "probability",
+        weights: str = AUTO,
         precision: str = "fp32",
         max_channels: int | None = None,
         memory_format: str = "auto",
+        mask: str = AUTO,
+        mask_top: float = DEFAULT_MASK_TOP,
+        baseline: BaselineSpec = AUTO,
     ) -> None:
         check_region_options(batch_size, precision, memory_format)
-        if weights not in SCORECAM_WEIGHTS:
-            raise UserError(f"weights={weights!r} is not known; use one of {SCORECAM_WEIGHTS}")
+        self.masking = Masking(mask, mask_top, baseline)
+        if weights != AUTO and weights not in SCORECAM_WEIGHTS:
+            raise UserError(f"weights={weights!r} is not known; use one of {(AUTO, *SCORECAM_WEIGHTS)}")
         if max_channels is not None and (
             isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1
         ):
@@ -374,7 +475,14 @@ class ScoreCAM(RegionMethod):
         return self.max_channels is not None
 
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
-        pgc = self.weights == "softmax_over_channels"
+        segmentation = capture.target.is_segmentation
+        weighting = self.resolved_weights(segmentation)
+        pgc = weighting == "softmax_over_channels"
+        mask, spec = self.masking.resolve(segmentation)
+        top = self.masking.top if mask == "binary" else None
+        base = queue.baseline(spec)
+        base_ticket = queue.baseline_ticket(spec) if weighting == "increase" else None
+        stats.setdefault("masking", {})[self.name] = {**self.masking.describe(segmentation), "weights": weighting}
         plans: dict[str, list[tuple[Tensor, Tensor, int]]] = {}
         layers: dict[str, dict[str, int]] = stats.setdefault("layers", {})
         for alias, acts in capture.activations.items():
@@ -391,12 +499,13 @@ class ScoreCAM(RegionMethod):
                 layer["scored"] += unique.shape[0]
                 masks = unique.view(-1, *acts.shape[2:])
                 samples = torch.full((masks.shape[0],), n, dtype=torch.long)
-                ticket = queue.add(MaskedInputs(masks, samples, None, align_corners=pgc, logits=pgc))
+                ticket = queue.add(MaskedInputs(masks, samples, base, align_corners=pgc, logits=pgc, top=top))
                 plans[alias].append((channels, inverse, ticket))
             layers[alias] = layer
 
         def finish() -> dict[str, Tensor]:
             maps = {}
+            reference = None if base_ticket is None else queue[base_ticket].probability
             for alias, acts in capture.activations.items():
                 weights = torch.zeros(acts.shape[:2], device=acts.device)
                 for n, (channels, inverse, ticket) in enumerate(plans[alias]):
@@ -405,6 +514,9 @@ class ScoreCAM(RegionMethod):
                     scores = queue[ticket]
                     if scores.logit is not None:  # softmax_over_channels
                         weights[n, channels] = scores.logit[inverse].to(weights.device).softmax(dim=0)
+                    elif reference is not None:  # weights="increase"
+                        gain = scores.probability[inverse] - reference[n]
+                        weights[n, channels] = gain.to(weights.device)
                     else:
                         weights[n, channels] = scores.probability[inverse].to(weights.device)
                 blank = (weights == 0).all(dim=1).nonzero().flatten().tolist()
@@ -420,13 +532,38 @@ class ScoreCAM(RegionMethod):
 
         return finish
 
-    def window_region(self) -> WindowRegion:
-        """Score-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`)."""
-        return WindowRegion(self.name, self.batch_size, self.precision, max_channels=self.max_channels)
+    def window_region(self, segmentation: bool = False) -> WindowRegion:
+        """Score-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`), as for the target."""
+        _, spec = self.masking.resolve(segmentation)
+        increase = self.resolved_weights(segmentation) == "increase"
+        zeros = isinstance(spec, str) and spec == "zeros"
+
+        def baseline(x: Tensor) -> Tensor:
+            return baseline_image(x, spec)
+
+        return WindowRegion(
+            self.name,
+            self.batch_size,
+            self.precision,
+            max_channels=self.max_channels,
+            baseline=None if zeros and not increase else baseline,
+            increase=increase,
+        )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
-        # pytorch-grad-cam's variant (logit softmax over channels) is defined on whole inputs only
-        return None if self.weights == "softmax_over_channels" else RegionWindowStitcher(context, self.window_region())
+        segmentation = context.target.is_segmentation
+        if self.resolved_weights(segmentation) == "softmax_over_channels":
+            return None  # pytorch-grad-cam's variant (logit softmax over channels) is defined on whole inputs only
+        if self.masking.resolve(segmentation)[0] == "binary":
+            whole_input_only(self.name, "binary masks", "--method-option mask=soft", context)
+            return None
+        return RegionWindowStitcher(context, self.window_region(segmentation))
+
+    def resolved_weights(self, segmentation: bool) -> str:
+        """``weights`` with ``"auto"`` resolved: probability for classifiers, increase for segmentation."""
+        if self.weights != AUTO:
+            return self.weights
+        return SEGMENTATION_WEIGHTS if segmentation else "probability"
 
     def _chosen_channels(self, capture: Capture, alias: str, acts: Tensor) -> list[Tensor]:
         count, channels = acts.shape[0], acts.shape[1]
@@ -460,8 +597,12 @@ class GroupCAM(RegionMethod):
         blur_kernel: int = BLUR_KERNEL,
         blur_sigma: float = BLUR_SIGMA,
         memory_format: str = "auto",
+        mask: str = AUTO,
+        mask_top: float = DEFAULT_MASK_TOP,
+        baseline: BaselineSpec = AUTO,
     ) -> None:
         check_region_options(batch_size, precision, memory_format)
+        self.masking = Masking(mask, mask_top, baseline, classifier="groupcam-blur")
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise UserError(f"groups must be a positive integer, got {groups!r}")
         if blur_kernel < 1 or blur_kernel % 2 == 0 or blur_sigma <= 0:
@@ -483,11 +624,14 @@ class GroupCAM(RegionMethod):
         chunks = torch.tensor_split(weighted, min(self.groups, acts.shape[1]), dim=1)
         return torch.stack([chunk.sum(dim=1) for chunk in chunks], dim=1).clamp_min(0)
 
-    def window_region(self) -> WindowRegion:
-        """Group-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`)."""
+    def window_region(self, segmentation: bool = False) -> WindowRegion:
+        """Group-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`), as for the target."""
+        _, spec = self.masking.resolve(segmentation)
 
         def blurred(x: Tensor) -> Tensor:
-            return blur_baseline(x, self.blur_kernel, self.blur_sigma)
+            if isinstance(spec, str) and spec == "groupcam-blur":
+                return blur_baseline(x, self.blur_kernel, self.blur_sigma)
+            return baseline_image(x, spec)
 
         return WindowRegion(
             self.name,
@@ -499,16 +643,23 @@ class GroupCAM(RegionMethod):
         )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
-        return RegionWindowStitcher(context, self.window_region())
+        segmentation = context.target.is_segmentation
+        if self.masking.resolve(segmentation)[0] == "binary":
+            whole_input_only(self.name, "binary masks", "--method-option mask=soft", context)
+            return None
+        return RegionWindowStitcher(context, self.window_region(segmentation))
 
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:
         if capture.gradients is None:
             raise RuntimeError("Group-CAM needs a captured pass with gradients")
         count = queue.x.shape[0]
-        spatial_ones = [1] * len(queue.size)
-        blurred = blur_baseline(queue.x, self.blur_kernel, self.blur_sigma)
-        everyone = torch.arange(count)
-        base_ticket = queue.add(MaskedInputs(torch.zeros(count, *spatial_ones), everyone, blurred, normalize=False))
+        segmentation = capture.target.is_segmentation
+        mask, spec = self.masking.resolve(segmentation)
+        top = self.masking.top if mask == "binary" else None
+        if isinstance(spec, str) and spec == "groupcam-blur":  # with this instance's kernel and sigma
+            spec = blur_baseline(queue.x, self.blur_kernel, self.blur_sigma)
+        blurred, base_ticket = queue.baseline(spec), queue.baseline_ticket(spec)
+        stats.setdefault("masking", {})[self.name] = self.masking.describe(segmentation)
         plans: dict[str, list[tuple[Tensor, int]]] = {}
         layers: dict[str, dict[str, int]] = stats.setdefault("layers", {})
         for alias, acts in capture.activations.items():
@@ -518,7 +669,7 @@ class GroupCAM(RegionMethod):
             for n in range(count):
                 masks = groups[n, ~constant[n]]
                 samples = torch.full((masks.shape[0],), n, dtype=torch.long)
-                plans[alias].append((masks, queue.add(MaskedInputs(masks, samples, blurred))))
+                plans[alias].append((masks, queue.add(MaskedInputs(masks, samples, blurred, top=top))))
             empty = constant.all(dim=1).nonzero().flatten().tolist()
             if empty:
                 logger.warning(

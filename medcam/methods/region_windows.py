@@ -44,9 +44,9 @@ from torch import Tensor
 
 from medcam.core.combine import contribution_weights, denoise_below_percentile, per_sample, similarity_fusion
 from medcam.core.ops import minmax, normalize, upsample
-from medcam.core.perturbation import baseline_image, blend, resize
+from medcam.core.perturbation import BaselineSpec, baseline_image, blend, resize
 from medcam.core.probe import Probe
-from medcam.core.windows import Job, WeightedLogits
+from medcam.core.windows import Job, WeightedLogits, WindowError
 from medcam.methods.base import (
     COST_LOGGER,
     Combine,
@@ -75,9 +75,10 @@ Scores = Callable[[Tensor, Tensor], tuple[Tensor, bool]]
 class WindowRegion:
     """How a region method builds and weights its masks; given by the method (:mod:`medcam.methods.region`).
 
-    Score-CAM: channels as masks on the all-zeros baseline, optionally the
+    Score-CAM: channels as masks over ``baseline(x)`` (``None``: all zeros), weighted by
+    the probability or, with ``increase``, its increase over the baseline's; optionally the
     ``max_channels`` with the largest Grad-CAM weights. Group-CAM: ``group_maps(acts,
-    gradients)``, masks over ``baseline(x)`` (its blur), weights ``group_scores(p, p_base)``.
+    gradients)``, masks over ``baseline(x)``, weights ``group_scores(p, p_base)``.
     """
 
     name: str
@@ -87,6 +88,7 @@ class WindowRegion:
     group_maps: Callable[[Tensor, Tensor], Tensor] | None = None
     group_scores: Scores | None = None
     baseline: Callable[[Tensor], Tensor] | None = None
+    increase: bool = False  # Score-CAM weights="increase": s_k = p(masked) - p(baseline)
 
     @property
     def needs_gradients(self) -> bool:
@@ -364,7 +366,8 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
                 coefficients = {k: float(w) / plan.spans[k] for k, w in zip(keys, weights, strict=True)}
                 constant = -sum(float(w) * plan.lows[k] / plan.spans[k] for k, w in zip(keys, weights, strict=True))
             else:
-                coefficients = {k: float(p) for k, p in zip(keys, probabilities, strict=True)}
+                reference = float(scores[("base", n)]) if region.increase else 0.0
+                coefficients = {k: float(p) - reference for k, p in zip(keys, probabilities, strict=True)}
             maps.append(_final(run, alias, n, coefficients, constant, count, chunks))
         raws[alias] = maps[0][None] if len(maps) == 1 else torch.stack(maps)
         run.layer_stats[alias] = layer
@@ -443,7 +446,7 @@ class EnsembleWindowStitcher(WindowStitcher):
         name: str,
         gradient: Combine,
         theta: float,
-        baseline: str,
+        baseline: BaselineSpec,
     ) -> None:
         self.context = context
         self.region = region
@@ -472,7 +475,8 @@ class EnsembleWindowStitcher(WindowStitcher):
         region_maps_ = {alias: INTERNAL.apply(raw, spatial) for alias, raw in raws.items()}
         del raws
         x = passes.padded_x[(slice(None), slice(None), *run.crop)].float()
-        base = None if self.baseline == "zeros" else run.padded_base(baseline_image(x, self.baseline))
+        zeros = isinstance(self.baseline, str) and self.baseline == "zeros"
+        base = None if zeros else run.padded_base(baseline_image(x, self.baseline))
         del x
         samples = range(context.samples)
 
@@ -555,3 +559,17 @@ __all__ = [
     "RegionWindowStitcher",
     "WindowRegion",
 ]
+
+
+def whole_input_only(name: str, reason: str, fix: str, context: WindowContext) -> None:
+    """``None`` (the method then runs once on the whole padded input) when the volume fits one window.
+
+    On a volume larger than one window, a one-line :class:`~medcam.core.windows.WindowError`
+    naming the options that make the method run over windows.
+    """
+    if len(context.layout.slices) > 1:
+        raise WindowError(
+            f"{name} with {reason} is not computed over sliding windows yet, and the volume {context.layout.spatial} "
+            f"is larger than the model's window {context.layout.roi}; pass {fix}, or use a gradient method"
+        )
+    return None

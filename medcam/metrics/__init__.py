@@ -30,6 +30,14 @@ from medcam.metrics.localisation import (
     threshold_map,
 )
 from medcam.metrics.ordering import gaussian_blur, resolve_baseline
+from medcam.metrics.region_faithfulness import (
+    ScaledCurves,
+    TopKScores,
+    keep_remove_top_k,
+    normalised,
+    random_map,
+    scaled_deletion_insertion,
+)
 from medcam.metrics.sanity import SanityResult, cascading_randomisation, parameterised_modules, randomise
 from medcam.metrics.scoring import Scorer, bind_target
 from medcam.metrics.similarity import pearson, spearman, ssim, top_k_iou, top_k_mask
@@ -41,8 +49,10 @@ __all__ = [
     "DropIncrease",
     "PerturbationCurve",
     "SanityResult",
+    "ScaledCurves",
     "Scorer",
     "Stability",
+    "TopKScores",
     "average_drop_increase",
     "bind_target",
     "box_iou",
@@ -56,15 +66,19 @@ __all__ = [
     "fuse_mean",
     "gaussian_blur",
     "insertion",
+    "keep_remove_top_k",
     "largest_component",
     "map_boxes",
     "mask_input",
+    "normalised",
     "parameterised_modules",
     "pearson",
     "per_pixel_variance",
     "pointing_game",
+    "random_map",
     "randomise",
     "resolve_baseline",
+    "scaled_deletion_insertion",
     "spearman",
     "ssim",
     "stability",

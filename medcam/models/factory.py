@@ -120,13 +120,14 @@ _CLASSIFIER_LAYERS: dict[str, list[str]] = {
 
 
 def default_cam_layers(architecture: str, model: nn.Module) -> list[str]:
-    """Default layers to explain: a U-Net's bottleneck, a classifier's last feature block."""
+    """Default layers to explain: a U-Net's last decoder level (see levels.auto_layer), a classifier's last block."""
     if architecture in _CLASSIFIER_LAYERS:
         return list(_CLASSIFIER_LAYERS[architecture])
-    from medcam.models.levels import LevelError, discover_levels
+    from medcam.models.levels import LevelError, discover_levels, segmentation_default_level
 
     try:
         levels = discover_levels(model)
     except LevelError:
         return []
-    return [level.path for level in levels if level.name == "bottleneck"]
+    chosen = segmentation_default_level(levels)
+    return [] if chosen is None else [chosen.path]

@@ -370,8 +370,23 @@ def _output_order(model: nn.Module, x: Tensor, prefix: str = "") -> list[tuple[s
     return order
 
 
+def segmentation_default_level(levels: list[Level]) -> Level | None:
+    """The level ``layers="auto"`` explains on a U-Net: its last decoder level ``decM`` (else ``final``).
+
+    The rule comes from measurement (docs/levels.md): on the demo U-Net and held-out
+    phantoms the energy of Seg-HiRes-Grad CAM inside the true tumour is 0.72 at dec1 and
+    final, 0.17 at dec0 and 0.05 at the bottleneck. The last decoder level localises as
+    well as ``final`` at half its resolution, which halves the cost of region methods.
+    The bottleneck stays reachable as ``layers="levels:bottleneck"``.
+    """
+    decoders = [level for level in levels if _LEVEL_NAME.match(level.name) and level.name.startswith("dec")]
+    if decoders:
+        return decoders[-1]
+    return next((level for level in levels if level.name == "final"), None)
+
+
 def auto_layer(model: nn.Module, x: Tensor) -> tuple[str, str]:
-    """A sensible layer to explain and why: a U-Net's bottleneck, a classifier's last feature map.
+    """A sensible layer to explain and why: a U-Net's last decoder level, a classifier's last feature map.
 
     Returns ``(module path, reason)``.
     """
@@ -379,6 +394,9 @@ def auto_layer(model: nn.Module, x: Tensor) -> tuple[str, str]:
         levels = discover_levels(model)
     except LevelError:
         levels = []
+    chosen = segmentation_default_level(levels)
+    if chosen is not None:
+        return chosen.path, f"last decoder level ({chosen.name}) of the {type(model).__name__}"
     for level in levels:
         if level.name == "bottleneck":
             return level.path, f"bottleneck of the {type(model).__name__}"

@@ -33,7 +33,7 @@ from medcam.methods.base import CAMMethod
 from medcam.metrics.levels import LevelRanking, summarise_levels
 from medcam.models.checkpoint import CheckpointMeta
 from medcam.models.classes import ClassChoice, label_dtype, labels_from_logits, resolve_class, segments
-from medcam.models.levels import LevelError, discover_levels
+from medcam.models.levels import Level, LevelError, discover_levels, segmentation_default_level
 from medcam.models.loading import LoadedModel, ModelSource, check_device, load_model
 from medcam.models.nnunet import NNUNetBundle
 from medcam.pipeline.nnunet import NNUNetWindow, fold_cam, predict_nnunet
@@ -341,8 +341,13 @@ def _renormalize(data: np.ndarray, options: ExplainOptions) -> np.ndarray:
 
 
 def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:
-    if isinstance(spec, str) and spec.startswith("levels") and "bottleneck" in layers:
-        return "bottleneck"
+    """The level written as heatmap.nii.gz: with ``levels``, the one ``auto`` would explain (docs/levels.md)."""
+    if isinstance(spec, str) and spec.startswith("levels"):
+        chosen = segmentation_default_level([Level(name, path) for name, path in layers.items()])
+        if chosen is not None:
+            return chosen.name
+        if "bottleneck" in layers:
+            return "bottleneck"
     return next(iter(layers))
 
 

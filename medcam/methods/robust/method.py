@@ -51,6 +51,7 @@ from medcam.methods.base import (
     window_combine,
 )
 from medcam.methods.components import create_component
+from medcam.methods.robust.held_out import held_out_stability
 from medcam.methods.robust.views import Identity, View, ViewError, anatomical_axes, default_views, parse_view
 from medcam.methods.robust.volume_views import ViewVolumeStitcher
 from medcam.methods.robust.windows import RobustStitcher
@@ -199,6 +200,8 @@ class RobustCAM(CAMMethod):
         stability: bool = True,
         base_options: Mapping[str, Any] | None = None,
         orientation: str | Sequence[str] | None = None,
+        held_out: bool | Sequence[str] = False,
+        held_out_multiple: float = 1.0,
     ) -> None:
         if fusion not in FUSIONS:
             raise UserError(f"fusion={fusion!r} is not known; use one of {FUSIONS}")
@@ -255,6 +258,15 @@ class RobustCAM(CAMMethod):
         self.stability = stability
         self.orientation = orientation
         self._parsed = parsed
+        if isinstance(held_out, str) or not isinstance(held_out, (bool, Sequence)):
+            raise UserError(f"held_out must be true, false or a list of view strings, got {held_out!r}")
+        self.held_out: bool | list[str] = held_out if isinstance(held_out, bool) else [str(v) for v in held_out]
+        if isinstance(self.held_out, list):
+            for view in self.held_out:
+                parse_view(view)  # names a malformed view now
+        if not isinstance(held_out_multiple, (int, float)) or held_out_multiple <= 0:
+            raise UserError(f"held_out_multiple must be a positive number, got {held_out_multiple!r}")
+        self.held_out_multiple = float(held_out_multiple)
 
     def options(self) -> dict[str, Any]:
         base = self.base if isinstance(self.base, str) else self.base.name
@@ -269,6 +281,8 @@ class RobustCAM(CAMMethod):
             "top_fraction": self.top_fraction,
             "stability": self.stability,
             "orientation": self.orientation,
+            "held_out": self.held_out,
+            "held_out_multiple": self.held_out_multiple,
         }
 
     def resolve_views(self, x: Tensor) -> list[View]:
@@ -440,13 +454,15 @@ class RobustCAM(CAMMethod):
                 metrics = self.agreement(stack, found.valid.to(stack.device), fused_maps[alias], found.rows)
                 stability[alias] = {"mean_variance": [float(v) for v in mean_variance(std, seen)], **metrics}
 
-        stats = {
+        stats: dict[str, Any] = {
             "base": found.base.name,
             "fusion": self.fusion,
             "views": [v.describe() for v in found.views],
             "dropped_views": found.dropped,
             "stability": stability,
         }
+        if self.held_out is not False:
+            stats["held_out"] = self.held_out_comparison(probe, x, found, layers, post, fused_maps)
         return MethodResult(
             maps=fused_maps,
             target=found.target,
@@ -454,6 +470,60 @@ class RobustCAM(CAMMethod):
             extras={"uncertainty": uncertainty, "valid_views": valid_views},
             stats=stats,
         )
+
+    def held_out_comparison(
+        self,
+        probe: Probe,
+        x: Tensor,
+        found: ViewMaps,
+        layers: Mapping[str, str],
+        post: PostProcessing,
+        fused_maps: Mapping[str, Tensor],
+    ) -> dict[str, Any]:
+        """Base method vs RobustCAM under held-out views (not among the fused ones), per layer.
+
+        Each method explains every held-out view of ``x`` (M carried along by geometric
+        views), its map is warped back and compared with its own map of ``x``
+        (:func:`~medcam.methods.robust.held_out.held_out_stability`); top-k counts in units
+        of |M| (``held_out_multiple`` x |M|), or ``top_fraction`` of the voxels for a classifier.
+        """
+        bound = found.target
+        views = self.held_out if isinstance(self.held_out, list) else None
+        inner = RobustCAM(**{**self.options(), "held_out": False, "stability": False})
+        if not isinstance(self.base, str):
+            inner.base = self.base
+        base_maps = found.base.run(probe, x, bound, layers, post).maps
+        pixels = int(torch.Size(x.shape[2:]).numel())
+        if bound.mask is not None:
+            unit = [int(u) for u in bound.mask.flatten(1).sum(dim=1).tolist()]
+            multiple = self.held_out_multiple
+        else:
+            unit, multiple = [max(1, round(self.top_fraction * pixels))] * x.shape[0], 1.0
+
+        def target_in(view: View) -> BoundTarget:
+            return bound if bound.mask is None else bound.with_mask(view.warp_mask(bound.mask))
+
+        out: dict[str, Any] = {}
+        for alias in fused_maps:
+            per: dict[str, Any] = {}
+            for name, method, reference in (
+                ("base", found.base, base_maps[alias]),
+                ("robustcam", inner, fused_maps[alias]),
+            ):
+
+                def explain_view(xv: Tensor, view: View, method: CAMMethod = method, alias: str = alias) -> Tensor:
+                    return method.run(probe, xv, target_in(view), {alias: layers[alias]}, post).maps[alias]
+
+                result = held_out_stability(explain_view, x, reference, unit=unit, views=views, multiple=multiple)
+                per[name] = {
+                    "variance": [float(v) for v in result.variance],
+                    "spearman": [float(v) for v in result.spearman],
+                    "top_k_iou": [float(v) for v in result.top_k_iou],
+                }
+                per["views"] = list(result.views)
+            per["top_k"] = [round(multiple * u) for u in unit]
+            out[alias] = per
+        return out
 
     def _rows(
         self, bound: BoundTarget, views: list[View], samples: int
