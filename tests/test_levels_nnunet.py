@@ -64,7 +64,7 @@ def test_nnunet_networks(build: object) -> None:
     x = torch.randn(1, 1, 16, 16, 16)
     shapes = measure_levels(net, x)
     assert [(s.name, s.path, s.channels, s.grid) for s in shapes] == EXPECTED_DNA
-    assert auto_layer(net, x)[0] == "encoder.stages.2"
+    assert auto_layer(net, x)[0] == "decoder.stages.0"  # the last decoder level (docs/levels.md)
     logits = net.eval()(x)
     logits = logits[0] if isinstance(logits, list) else logits
     target = SegmentationTarget(1, pixels="image")
@@ -114,7 +114,7 @@ def test_segresnet() -> None:
         ("dec0", "up_layers.0", 4, (8, 8, 8)),
         ("final", "up_layers.1", 2, (16, 16, 16)),
     ]
-    assert auto_layer(net, x)[0] == "down_layers.2"
+    assert auto_layer(net, x)[0] == "up_layers.0"  # the last decoder level (docs/levels.md)
     exp = medcam.explain(net, x, "gradcam", SegmentationTarget(1, pixels="image"), layers="levels:enc1,final")
     assert set(exp.maps) == {"enc1", "final"}
 

@@ -70,7 +70,8 @@ def test_prediction_equals_nnunets_and_maps_are_on_the_input_grid(tmp_path: Path
     assert summary["model"]["architecture"] == "nnunet:PlainConvUNet"
     assert summary["sliding_window"]["overlap"] == 0.5  # nnU-Net's tile step
     assert summary["sliding_window"]["copies_summed"] == 2
-    assert summary["layers"]["explained"] == {"folds.0.encoder.stages.2": "folds.0.encoder.stages.2"}
+    # auto = the last decoder level (docs/levels.md)
+    assert summary["layers"]["explained"] == {"folds.0.decoder.stages.0": "folds.0.decoder.stages.0"}
 
 
 def test_region_based_model_with_mirroring(tmp_path: Path, case: Path) -> None:
@@ -87,7 +88,7 @@ def test_region_based_model_with_mirroring(tmp_path: Path, case: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["activation"] == "sigmoid"
     assert summary["sliding_window"]["copies_summed"] == 8
-    assert summary["layers"]["explained"] == {"mirrors.0.encoder.stages.2": "mirrors.0.encoder.stages.2"}
+    assert summary["layers"]["explained"] == {"mirrors.0.decoder.stages.0": "mirrors.0.decoder.stages.0"}
     assert set(summary["prediction"]["voxels_per_label"]) <= {"none", "kidney", "masses", "tumor"}
 
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if args.shard or args.overwrite:
             raise UserError("--merge only joins finished shards; drop --shard / --overwrite")
         merged = merge_config(config, folder)
-        print(merged.read_text())
+        print(merged.read_text(encoding="utf-8"))
         print(f"merged into {folder}")
         return 0
     shard = parse_shard(args.shard) if args.shard else None
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if summary is not None:
-        print(summary.read_text())
+        print(summary.read_text(encoding="utf-8"))
         print(f"results, summary.md and plots in {folder}")
     elif shard is not None:
         print(
@@ -118,7 +118,7 @@ def _check_data_root(config_path: str, root: str) -> None:
 
     if Path(root).exists():
         return
-    text = Path(config_path).read_text(errors="replace")
+    text = Path(config_path).read_text(errors="replace", encoding="utf-8")
     writes = [m.group(1).strip() for m in re.finditer(r"^#\s*(python\s+training/make_synthetic\.py\s.*)$", text, re.M)]
     writes = [w for w in writes if root in w.split()]
     if writes:

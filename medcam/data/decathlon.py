@@ -35,7 +35,7 @@ class DecathlonJSON(Dataset):
         super().__init__(path.parent)
         self.json_path = path
         try:
-            spec = json.loads(path.read_text())
+            spec = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DatasetError(f"{path} is not valid JSON ({err})") from err
         if "training" not in spec or "labels" not in spec:

@@ -97,7 +97,7 @@ class KiTS23(Dataset):
         if not path.is_file():
             return {}
         try:
-            records = json.loads(path.read_text())
+            records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DatasetError(f"{path} is not valid JSON ({err})") from err
         return {r["case_id"]: r for r in records}

@@ -33,7 +33,7 @@ class NnUNetRaw(Dataset):
         if not path.is_file():
             raise DatasetError(f"{self.root} has no dataset.json; {self.layout_hint()}")
         try:
-            self.spec = json.loads(path.read_text())
+            self.spec = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DatasetError(f"{path} is not valid JSON ({err})") from err
         for key in ("channel_names", "labels", "file_ending"):

@@ -205,7 +205,7 @@ def load_config(path: str | Path) -> EvaluationConfig:
     if not path.is_file():
         raise UserError(f"evaluation config {path} does not exist; the shipped ones are configs/eval_*.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid YAML ({yaml_problem(err)})") from None
     return parse_config(data, path.stem)

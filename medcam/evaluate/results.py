@@ -83,7 +83,7 @@ def write_atomic(path: Path, text: str) -> None:
     the other's temporary file away.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
 
 
@@ -91,7 +91,7 @@ def _read_rows(path: Path, header: Sequence[str]) -> tuple[list[dict[str, str]],
     """Complete rows of a CSV written by this module, and whether a torn or foreign line was dropped."""
     if not path.exists():
         return [], False
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     if not lines:
         return [], False
@@ -169,7 +169,7 @@ class ResultStore:
         path = self.folder / SETTINGS
         mine = {"settings": self.settings.fingerprint(), "context": self.context}
         if path.exists():
-            written = json.loads(path.read_text())
+            written = json.loads(path.read_text(encoding="utf-8"))
             theirs = {"settings": written.get("settings"), "context": written.get("context", "{}")}
             if theirs != mine:
                 what = "settings" if theirs["settings"] != mine["settings"] else "model, data or target"
@@ -191,7 +191,7 @@ class ResultStore:
     def _append(path: Path, lines: list[list[Any]]) -> None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([[format_value(v) for v in line] for line in lines])
-        with path.open("a") as handle:
+        with path.open("a", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
             handle.flush()
             os.fsync(handle.fileno())
@@ -206,7 +206,7 @@ def check_written_settings(folder: Path, settings: EvaluationSettings) -> None:
     path = Path(folder) / SETTINGS
     if not path.exists():
         raise UserError(f"{folder} is not an evaluation folder (no {SETTINGS}); give the output folder of the shards")
-    if json.loads(path.read_text()).get("settings") != settings.fingerprint():
+    if json.loads(path.read_text(encoding="utf-8")).get("settings") != settings.fingerprint():
         raise UserError(f"{folder} was written with other evaluation settings ({path}); merge it with its own config")
 
 
@@ -214,7 +214,7 @@ def read_results(folder: Path) -> list[dict[str, str]]:
     path = Path(folder) / RESULTS
     if not path.exists():
         raise UserError(f"{path} does not exist; run the evaluation first")
-    with path.open() as handle:
+    with path.open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -223,7 +223,7 @@ def read_curves(folder: Path) -> tuple[list[float], list[dict[str, Any]]]:
     path = Path(folder) / CURVES
     if not path.exists():
         return [], []
-    with path.open() as handle:
+    with path.open(encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:

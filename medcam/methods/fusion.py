@@ -9,6 +9,10 @@ probability over M) and I_b a baseline image. With the default all-zeros baselin
 the masked input is ``L * X``, the paper's. Every f_c call shares the batched
 forward passes of the region part, so an ensemble costs one backward pass and a few
 forward passes more than its region method.
+
+Why one module of this size: Union-CAM and Fusion-CAM share their options, the
+contribution weights and the windowed protocol (``EnsembleMethod``); Fusion-CAM's three
+variants (paper, normalised, segmentation) are one formula with its documented deviations.
 """
 
 from __future__ import annotations

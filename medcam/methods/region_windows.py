@@ -66,7 +66,7 @@ cost_logger = logging.getLogger(COST_LOGGER)
 CACHE_BYTES = 1 << 30  # windows' feature maps kept at feature resolution
 STITCH_BYTES = 256 << 20  # stitched maps on the volume held at once
 
-INTERNAL = PostProcessing(relu=True, normalization="minmax")  # maps inside an ensemble (METHODS.md)
+INTERNAL = PostProcessing(relu=True, normalization="minmax")  # maps inside an ensemble (docs/methods-region-fusion.md)
 
 Scores = Callable[[Tensor, Tensor], tuple[Tensor, bool]]
 

@@ -131,7 +131,7 @@ def load_monai_bundle(folder: str | Path, device: str | torch.device = "cpu") ->
         raise BundleError(f"{folder} has no models/model.pt (TorchScript model.ts is not explainable: hooks)")
     meta_file = config.parent / "metadata.json"
     try:
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     except json.JSONDecodeError as err:
         raise BundleError(f"{meta_file} is not valid JSON ({err})") from None
     parser = ConfigParser()

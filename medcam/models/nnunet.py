@@ -51,7 +51,7 @@ _TRAINED = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NNUNetError(
             f"{path} is missing; an nnU-Net trained-model folder holds plans.json and dataset.json"

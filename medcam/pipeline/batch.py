@@ -80,7 +80,7 @@ def cases_from_datalist(path: str | Path) -> list[Case]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"--datalist {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:

@@ -112,7 +112,7 @@ class VolumeExplanation:
             timings["write"] = round(time.perf_counter() - start, 3)
             summary["timings_s"] = timings
             summary["outputs"] = outputs
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         logger.info("wrote %s", out)
         return out
 
@@ -281,9 +281,9 @@ class VolumeExplanation:
         )
         tables = {colormap_file_name(o.colormap): colormap_table(o.colormap) for o in overlays}
         for name, text in tables.items():
-            (folder / name).write_text(text)
-        (folder / "scene.mrml").write_text(scene_xml(scene))
-        (folder / "load_in_slicer.py").write_text(load_script(scene, str(final)))
+            (folder / name).write_text(text, encoding="utf-8")
+        (folder / "scene.mrml").write_text(scene_xml(scene), encoding="utf-8")
+        (folder / "load_in_slicer.py").write_text(load_script(scene, str(final)), encoding="utf-8")
         bundled = ReviewScene(
             image_file=f"Data/image{image_suffix}",
             geometry=geometry,

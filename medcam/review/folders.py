@@ -60,7 +60,7 @@ def write_marker(folder: Path, *, writing: bool = False) -> None:
     info: dict[str, object] = {"writer": "medcam", "version": __version__}
     if writing:
         info.update(pid=os.getpid(), host=socket.gethostname())
-    (folder / MARKER).write_text(json.dumps(info) + "\n")
+    (folder / MARKER).write_text(json.dumps(info) + "\n", encoding="utf-8")
 
 
 def check_output(out: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
@@ -124,7 +124,7 @@ def remove_leftovers(out: Path) -> list[Path]:
 def _owner_alive(folder: Path) -> bool:
     """Whether another process on this machine still writes ``folder`` (its marker names the writer)."""
     try:
-        info = json.loads((folder / MARKER).read_text())
+        info = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         pid, host = int(info["pid"]), str(info["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return False

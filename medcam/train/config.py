@@ -226,7 +226,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist; the shipped ones are in configs/")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):

@@ -97,7 +97,7 @@ def learning_rate(config: ExperimentConfig, epoch: int) -> float:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
@@ -170,7 +170,7 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
     columns = ["epoch", "train_loss", "lr", "seconds", *task.metric_names()]
     csv_path = out / "metrics.csv"
     if ctx.is_main and (not resume or not csv_path.is_file()):
-        with csv_path.open("w", newline="") as f:
+        with csv_path.open("w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(columns)
 
     metrics: dict[str, float] = {}
@@ -220,7 +220,7 @@ def _train(config: ExperimentConfig, ctx: Context, resume: bool, progress: bool)
         if ctx.is_main:
             row = [epoch + 1, train_loss, optimizer.param_groups[0]["lr"], round(seconds, 2)]
             row += [metrics.get(name, "") for name in task.metric_names()]
-            with csv_path.open("a", newline="") as f:
+            with csv_path.open("a", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(row)
             state = {
                 "epoch": epoch + 1,

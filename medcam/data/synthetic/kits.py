@@ -472,6 +472,6 @@ def write_kits_dataset(
         folders.append(_write_case(root, name, phantom, instances))
         clinical.append({"case_id": name, **phantom.clinical})
     tmp = root / ".tmp-kits23.json"
-    tmp.write_text(json.dumps(clinical, indent=2))
+    tmp.write_text(json.dumps(clinical, indent=2), encoding="utf-8")
     tmp.replace(root / "kits23.json")
     return folders

@@ -26,7 +26,7 @@ from medcam.data.synthetic.kits import (
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     tmp.replace(path)
 
 
