@@ -91,3 +91,18 @@ def answer_input(batch: int = 1, size: int = 16, seed: int = 2) -> Tensor:
     """Bright structure everywhere: values in [0.5, 1.5]."""
     generator = torch.Generator().manual_seed(seed)
     return 0.5 + torch.rand(batch, 1, size, size, size, generator=generator)
+
+
+class Splitter(nn.Module):
+    """2D segmentation: class 1 where the input is bright (each pixel's own value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[1, 0, 1, 1] = 4.0
+            self.conv.bias.copy_(torch.tensor([0.0, -2.0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)

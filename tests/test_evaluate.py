@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from region_nets import Splitter
+from torch import nn
 
 import medcam
 import medcam.evaluate.runner as runner
@@ -181,21 +182,6 @@ def test_shards_merge_into_the_single_process_result(tmp_path: Path) -> None:
     assert rows_by_key(sharded) == rows_by_key(tmp_path / "one")
     assert (sharded / "curves.csv").read_text() == (tmp_path / "one" / "curves.csv").read_text()
     assert (sharded / "summary.md").exists()
-
-
-class Splitter(nn.Module):
-    """2D segmentation: class 1 where the input is bright."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1, 0, 1, 1] = 4.0
-            self.conv.bias.copy_(torch.tensor([0.0, -2.0]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
 
 
 def test_sanity_columns_follow_the_cascade(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from region_nets import small_classifier, small_input
+from region_nets import Splitter, small_classifier, small_input
 from torch import Tensor, nn
 
 import medcam
@@ -45,21 +45,6 @@ class MeanSourceNet(nn.Module):
         logit = torch.full_like(x[:, 0], -5.0)
         logit = torch.where(self.out, (8.0 * (mean - 0.5)).view(-1, 1, 1), logit)
         return torch.stack([torch.zeros_like(logit), logit], dim=1)
-
-
-class Splitter(nn.Module):
-    """2D segmentation: class 1 where the input is bright (one pixel's own value)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1, 0, 1, 1] = 4.0
-            self.conv.bias.copy_(torch.tensor([0.0, -2.0]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
 
 
 def answer() -> tuple[MeanSourceNet, Tensor, medcam.SegmentationTarget]:

@@ -36,12 +36,6 @@ def add_parser(sub: Any) -> None:
     source.add_argument("--datalist", metavar="JSON", help="a JSON list of cases (or a Decathlon datalist)")
     source.add_argument("--folder", metavar="DIR", help="explain every image (or case folder) in DIR")
     parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="medcam checkpoint (default, or demo: the shipped demo model), nnU-Net v2 trained-model folder or "
-        "MONAI bundle folder",
-    )
     add_model_source_arguments(parser)
     parser.add_argument("--method", default=None, metavar="NAME", help="CAM method (default: hirescam)")
     parser.add_argument(
@@ -105,8 +99,15 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--folds``, ``--checkpoint``, ``--configuration``: options of an nnU-Net ``--model`` folder."""
+def add_model_source_arguments(parser: argparse.ArgumentParser, *, demo_by_default: bool = True) -> None:
+    """``--model`` and the options of an nnU-Net ``--model`` folder (``--folds``, ``--checkpoint``, ...)."""
+    default = "default, or demo" if demo_by_default else "demo"
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help=f"medcam checkpoint ({default}: the shipped demo model), nnU-Net v2 trained-model folder or "
+        "MONAI bundle folder",
+    )
     parser.add_argument(
         "--folds",
         metavar="K,...",

@@ -24,14 +24,9 @@ def add_parser(sub: Any) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="a medcam checkpoint (demo: the shipped demo model), nnU-Net trained-model folder or MONAI bundle folder",
-    )
     from medcam.cli.explain import add_model_source_arguments
 
-    add_model_source_arguments(parser)
+    add_model_source_arguments(parser, demo_by_default=False)  # without --model, info lists the methods
     parser.add_argument("--all-layers", action="store_true", help="list every module with its output shape")
 
 

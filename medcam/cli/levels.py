@@ -33,12 +33,6 @@ def add_parser(sub: Any) -> None:
     source.add_argument("--volume", metavar="PATH", help="a 3D image: .nii/.nii.gz, .nrrd, .mha, or a DICOM folder")
     source.add_argument("--image", metavar="PATH", help="a 2D image: .png/.jpg (or a 2D NIfTI/NRRD)")
     parser.add_argument("--class", dest="class_name", required=True, metavar="NAME", help="label or region name")
-    parser.add_argument(
-        "--model",
-        metavar="PATH",
-        help="medcam checkpoint (default, or demo: the shipped demo model), nnU-Net v2 trained-model folder or "
-        "MONAI bundle folder",
-    )
     add_model_source_arguments(parser)
     parser.add_argument("--method", default="hirescam", metavar="NAME", help="gradient CAM method (default: hirescam)")
     parser.add_argument(
