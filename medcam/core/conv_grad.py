@@ -1,0 +1,163 @@
+"""Input gradients of convolutions computed by forward convolutions, for CAM backward passes.
+
+A CAM needs the gradient of a score with respect to one layer's activations: only input
+gradients, never parameter gradients. PyTorch's CPU ``convolution_backward`` for a 3D
+convolution records the forward with autograd (which takes a slower kernel than a
+no-grad forward) and computes the input gradient with its own backward kernels, which
+are slow for the small-channel, full-resolution convolutions at the top of a U-Net
+decoder (benchmarks/RESULTS.md). Both are exact to rounding when written as
+forward convolutions:
+
+* stride-1 convolution ``y = W * x`` (padding ``p``, dilation ``d``):
+  ``dx = W' * dy`` with ``W'`` the kernel flipped in space and its in/out channels
+  swapped, padding ``d (k - 1) - p``;
+* transposed convolution (any stride ``s``): ``dx = W * dy``, the plain convolution
+  with the same stride, padding, dilation and groups.
+
+:func:`conv_input_gradients` installs hooks for one forward pass: every eligible
+convolution whose input requires grad runs without recording a graph and hands back
+its output wrapped in :class:`_ConvInputGrad`, whose backward is that forward
+convolution. Other convolutions (strided, circular padding, ...) are left to autograd.
+The user's model is not changed: the hooks go when the pass ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _padding(module: _ConvNd) -> tuple[int, ...] | None:
+    """The per-axis zero padding of ``module``, or None when it is not symmetric zero padding."""
+    if module.padding_mode != "zeros":
+        return None
+    kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
+    if padding == "valid":
+        return tuple(0 for _ in kernel)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+        return tuple(t // 2 for t in total) if all(t % 2 == 0 for t in total) else None
+    return tuple(int(p) for p in padding)
+
+
+def eligible(module: nn.Module) -> bool:
+    """Whether the input gradient of ``module`` is one forward convolution (see the module docstring)."""
+    if not isinstance(module, _ConvNd):
+        return False
+    if type(module) in _CONV:
+        padding = _padding(module)
+        if padding is None or any(s != 1 for s in module.stride):
+            return False
+        reach = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
+        return all(0 <= p <= r for p, r in zip(padding, reach, strict=True))
+    if type(module) in _TRANSPOSED:
+        return module.padding_mode == "zeros" and all(
+            op < s for op, s in zip(module.output_padding, module.stride, strict=True)
+        )
+    return False
+
+
+def input_gradient(module: _ConvNd, grad: Tensor) -> Tensor:
+    """``d(score)/d(input)`` of an :func:`eligible` convolution, from ``grad = d(score)/d(output)``."""
+    dims = grad.dim() - 2
+    conv = _FORWARD[dims]
+    weight = module.weight.detach().to(grad.dtype)
+    groups = module.groups
+    if type(module) in _TRANSPOSED:
+        return conv(
+            grad,
+            weight,
+            None,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=groups,
+        )
+    # (out, in/g, *k) -> (in, out/g, *k): swap channels within each group, flip the kernel in space
+    out_channels, in_per_group = weight.shape[:2]
+    kernel = tuple(weight.shape[2:])
+    swapped = (
+        weight.reshape(groups, out_channels // groups, in_per_group, *kernel)
+        .transpose(1, 2)
+        .reshape(in_per_group * groups, out_channels // groups, *kernel)
+        .flip(tuple(range(2, 2 + dims)))
+    )
+    padding = _padding(module)
+    assert padding is not None
+    reach = [d * (k - 1) - p for d, k, p in zip(module.dilation, module.kernel_size, padding, strict=True)]
+    return conv(grad, swapped, None, padding=reach, dilation=module.dilation, groups=groups)
+
+
+class _Computed:
+    """The convolution's output, handed to the Function outside its tensor inputs.
+
+    Passed as a tensor input, the output would come back as a view of an input, and a
+    later in-place operation (``ReLU(inplace=True)``) on a custom Function's view is an error.
+    """
+
+    def __init__(self, output: Tensor) -> None:
+        self.output = output
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """Gives the already computed output a graph node whose backward is :func:`input_gradient`."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, computed: _Computed, module: _ConvNd) -> Tensor:
+        ctx.module = module
+        ctx.input_dtype = inputs.dtype
+        return computed.output
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return input_gradient(ctx.module, grad.contiguous()).to(ctx.input_dtype), None, None
+
+
+class _Hooks:
+    """Pre/post forward hooks on the eligible convolutions of one model, for one pass."""
+
+    def __init__(self) -> None:
+        self.stack: dict[int, list[bool]] = {}
+
+    def before(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        active = isinstance(x, Tensor) and torch.is_grad_enabled() and x.requires_grad
+        self.stack.setdefault(id(module), []).append(active)
+        if active:
+            torch.set_grad_enabled(False)  # the convolution itself records nothing
+
+    def after(self, module: _ConvNd, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        if not self.stack[id(module)].pop():
+            return None
+        torch.set_grad_enabled(True)
+        return _ConvInputGrad.apply(args[0], _Computed(output), module)
+
+
+@contextlib.contextmanager
+def conv_input_gradients(model: nn.Module) -> Iterator[int]:
+    """For the passes inside, eligible convolutions get their input gradients by forward convolutions.
+
+    Yields how many convolutions are covered. The post hooks run before any other
+    forward hook, so a layer hook on a convolution sees the output that carries the graph.
+    """
+    hooks = _Hooks()
+    handles = []
+    try:
+        for module in model.modules():
+            if eligible(module):
+                handles.append(module.register_forward_pre_hook(hooks.before))
+                handles.append(module.register_forward_hook(hooks.after, prepend=True))
+        yield len(handles) // 2
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,127 @@
+"""Input gradients of convolutions by forward convolutions (medcam.core.conv_grad) equal autograd's.
+
+The reference is PyTorch's own ``convolution_backward`` (plain autograd on the same
+module, no hooks). Tolerance: 1e-5 of the gradient's largest magnitude in float32 (the
+two sums differ only in rounding order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medcam.core.conv_grad import conv_input_gradients, eligible
+from medcam.core.probe import Probe
+from medcam.core.targets import SegmentationTarget
+
+
+def _reference(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(net(x).square().sum(), x)[0]
+
+
+def _fast(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    x = x.detach().requires_grad_(True)
+    with conv_input_gradients(net) as covered:
+        out = net(x)
+    return torch.autograd.grad(out.square().sum(), x)[0], covered
+
+
+CASES = {
+    "conv1d padded": (nn.Conv1d(3, 5, 3, padding=1), (2, 3, 17)),
+    "conv1d valid": (nn.Conv1d(3, 4, 5), (1, 3, 20)),
+    "conv2d dilated": (nn.Conv2d(2, 4, 3, padding=2, dilation=2), (2, 2, 11, 13)),
+    "conv2d grouped": (nn.Conv2d(4, 6, 3, padding=1, groups=2), (1, 4, 9, 9)),
+    "conv2d depthwise same": (nn.Conv2d(4, 4, 3, padding="same", groups=4), (1, 4, 8, 10)),
+    "conv3d 1x1": (nn.Conv3d(3, 2, 1), (1, 3, 5, 6, 7)),
+    "conv3d": (nn.Conv3d(3, 3, 3, padding=1), (2, 3, 9, 8, 7)),
+    "conv3d asymmetric kernel": (nn.Conv3d(2, 3, (1, 3, 5), padding=(0, 1, 2)), (1, 2, 6, 7, 8)),
+    "transposed2d stride 2": (nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1), (1, 4, 6, 7)),
+    "transposed3d stride 2": (nn.ConvTranspose3d(4, 3, 2, stride=2), (2, 4, 4, 5, 3)),
+    "transposed3d grouped dilated": (
+        nn.ConvTranspose3d(4, 6, 3, stride=1, padding=1, dilation=2, groups=2),
+        (1, 4, 5, 5, 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_eligible_convolution_matches_autograd(name: str) -> None:
+    torch.manual_seed(0)
+    module, shape = CASES[name]
+    assert eligible(module)
+    x = torch.randn(shape)
+    expected = _reference(module, x)
+    found, covered = _fast(module, x)
+    assert covered == 1
+    assert found.shape == expected.shape
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Conv3d(2, 2, 3, stride=2, padding=1),  # strided: autograd's transposed convolution is the right tool
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(2, 2, 4, padding="same"),  # asymmetric implicit padding
+        nn.Conv2d(2, 2, 3, padding=3),  # padding beyond the kernel's reach
+        nn.Linear(3, 3),
+    ],
+)
+def test_other_layers_are_left_to_autograd(module: nn.Module) -> None:
+    assert not eligible(module)
+
+
+def test_a_unet_decoder_with_in_place_activations_matches_autograd() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(4, 8, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose3d(8, 4, 2, stride=2),
+        nn.LeakyReLU(inplace=True),
+        nn.Conv3d(4, 3, 3, padding=1),
+    )
+    x = torch.randn(2, 1, 8, 8, 8)
+    expected = _reference(net, x)
+    found, covered = _fast(net, x)
+    assert covered == 3
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_probe_gradients_equal_plain_autograd_and_leave_parameters_alone() -> None:
+    """The layer gradient a CAM uses, through a MONAI U-Net decoder, against plain autograd."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(2)
+    net = UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    target = SegmentationTarget(1, pixels="image")
+    for layer in ("model.1.submodule.1", "model.1.submodule.2", "model.2.0.conv"):
+        capture = Probe(net).capture(x, {"l": layer}, target, gradients=True)
+        assert capture.gradients is not None
+        activation: dict[str, torch.Tensor] = {}
+        handle = net.get_submodule(layer).register_forward_hook(
+            lambda m, i, o, seen=activation: seen.setdefault("a", o)
+        )
+        with torch.enable_grad():
+            out = net(x)
+        handle.remove()
+        expected = torch.autograd.grad(target.bind(out).score(out).sum(), activation["a"])[0]
+        found = capture.gradients["l"]
+        assert (found - expected).abs().max() <= 1e-5 * expected.abs().max(), layer
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_bfloat16_autocast_gradients_stay_close() -> None:
+    """Under CPU bfloat16 autocast the wrapped backward still agrees with autograd's to bfloat16 precision."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose3d(4, 2, 2, stride=2))
+    x = torch.randn(1, 2, 6, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _reference(net, x)
+        found, _ = _fast(net, x)
+    assert found.dtype == expected.dtype
+    assert (found.float() - expected.float()).abs().max() <= 2e-2 * expected.float().abs().max()
