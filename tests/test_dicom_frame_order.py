@@ -103,6 +103,8 @@ def test_frames_follow_the_stored_order_of_the_source(tmp_path: Path, kind: str)
     for path in paths:
         check_order(path, expected, volume, heat, labels)
         assert dciodvfy_errors(path) == [], path.name
+    # 3D: the set of frames is one stack of equally spaced parallel planes, in any order
+    assert pydicom.dcmread(paths[-1], stop_before_pixels=True).DimensionOrganizationType == "3D"
 
 
 def test_highdicom_reads_the_reordered_seg_back(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ A label that is a DICOM SEG is read by :mod:`medcam.evaluate.truth`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -162,7 +162,8 @@ class DatasetSamples(Sequence[Sample]):
     def __getitem__(self, index: int | slice) -> Sample | Sequence[Sample]:
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
-        record = self.transform(self.load(dict(self.entries[index])))
+        entry = cast(dict[Hashable, Any], dict(self.entries[index]))  # MONAI's key type
+        record = self.transform(self.load(entry))
         image = _plain(record["image"]).float().contiguous()
         if image.shape[0] != self.meta.in_channels:
             raise UserError(

@@ -9,7 +9,8 @@ overlays the ``f``-th source frame in stored order
 group item moves with its frame, so references, positions and dimension index values
 stay with the pixels they describe. The DICOM standard leaves the order of frames in a
 multi-frame object to the writer (PS3.3 C.7.6.17); ``DimensionOrganizationType`` ``3D``
-asks for equally spaced parallel planes, which a reversed stack still is.
+describes the set of frames (equally spaced parallel planes), which any order of the same
+frames still is (highdicom's own test of it, ``get_volume_positions``, ignores the order).
 """
 
 from __future__ import annotations
