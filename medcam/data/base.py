@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from medcam.data.nifti import DatasetError
 from medcam.data.splits import SPLITS
@@ -30,6 +30,12 @@ def regions_class_order(regions: Mapping[str, Sequence[int]]) -> tuple[int, ...]
         own = values - sets[i + 1] if i + 1 < len(sets) else values
         order.append(min(own or values))
     return tuple(order)
+
+
+class RecordSource(Protocol):
+    """What turns an index entry into a record: a :class:`Dataset`, or a wrapper around one."""
+
+    def load(self, entry: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class Dataset(ABC):
@@ -70,7 +76,7 @@ class Dataset(ABC):
 
     @abstractmethod
     def load(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """The record (arrays and geometry) of one entry."""
+        """The record (arrays and geometry) of one entry (without ``label`` when the entry's ``label`` is ``None``)."""
 
     @staticmethod
     def check_split(split: str | None) -> None:

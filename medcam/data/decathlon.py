@@ -2,7 +2,7 @@
 
 ``{"labels": {"0": "background", "1": "kidney", ...}, "training": [{"image": ..., "label": ...}]}``
 with paths relative to the JSON file. Note the label map is int-string -> name, the
-opposite of nnU-Net's.
+opposite of nnU-Net's. A label may be a DICOM SEG (``.dcm``) for ``medcam evaluate``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medcam.data.base import Dataset
-from medcam.data.nifti import DatasetError, load_pair
+from medcam.data.nifti import DatasetError, label_file, load_pair
 from medcam.data.splits import random_split
 
 
@@ -77,7 +77,8 @@ class DecathlonJSON(Dataset):
         return sorted(items, key=lambda e: e["case_id"])
 
     def load(self, entry: dict[str, Any]) -> dict[str, Any]:
-        record = load_pair(Path(entry["image"]), Path(entry["label"]), self._labels.values(), self.json_path.name)
-        record["label"] = record["label"].astype(np.uint8 if max(self._labels.values()) < 256 else np.int64)
+        record = load_pair(Path(entry["image"]), label_file(entry), self._labels.values(), self.json_path.name)
+        if "label" in record:
+            record["label"] = record["label"].astype(np.uint8 if max(self._labels.values()) < 256 else np.int64)
         record["case_id"] = entry["case_id"]
         return record

@@ -5,6 +5,7 @@ Layout (``root`` is KiTS23's ``dataset/`` folder; the repository root above it w
     dataset/kits23.json
     dataset/case_00000/imaging.nii.gz        float32 HU, axis 0 axial, ('I','P','L')
     dataset/case_00000/segmentation.nii.gz   uint8: 0 background, 1 kidney, 2 tumor, 3 cyst
+                                             (or segmentation.dcm, a DICOM SEG: medcam evaluate only)
 
 KiTS23 has no official validation split; cases are split at random with ``split_seed``.
 """
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medcam.data.base import Dataset
-from medcam.data.nifti import DatasetError, load_pair, reorient
+from medcam.data.nifti import DatasetError, label_file, load_pair, reorient
 from medcam.data.splits import random_split
 
 KITS_LABELS: dict[str, int] = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
@@ -76,18 +77,24 @@ class KiTS23(Dataset):
     def _entry(self, case_id: str) -> dict[str, Any]:
         folder = self.root / case_id
         image, label = folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+        if not label.is_file() and (folder / "segmentation.dcm").is_file():
+            label = folder / "segmentation.dcm"  # a DICOM SEG ground truth (medcam evaluate)
         if not image.is_file():
             raise DatasetError(
                 f"{image} is missing; KiTS23's git repository ships only segmentations, "
                 "fetch the images with `kits23_download_data` (see datasets/kits23/README.md)"
             )
         if not label.is_file():
-            raise DatasetError(f"{label} is missing; every KiTS23 training case has a segmentation.nii.gz")
+            raise DatasetError(
+                f"{label} is missing; every KiTS23 training case has a segmentation.nii.gz (or a DICOM SEG "
+                "segmentation.dcm for medcam evaluate)"
+            )
         return {"case_id": case_id, "image": str(image), "label": str(label)}
 
     def load(self, entry: dict[str, Any]) -> dict[str, Any]:
-        record = load_pair(Path(entry["image"]), Path(entry["label"]), KITS_LABELS.values(), "KiTS23")
-        record["label"] = record["label"].astype(np.uint8)
+        record = load_pair(Path(entry["image"]), label_file(entry), KITS_LABELS.values(), "KiTS23")
+        if "label" in record:
+            record["label"] = record["label"].astype(np.uint8)
         record["case_id"] = entry["case_id"]
         return record
 

@@ -9,7 +9,7 @@ nibabel only.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,27 @@ def check_label_values(label: np.ndarray, allowed: Collection[int], path: Path, 
         )
 
 
+def label_file(entry: Mapping[str, Any]) -> Path | None:
+    """The label file of a reader's entry; ``None`` when its ``label`` is ``None``.
+
+    ``medcam evaluate`` sets ``label`` to ``None`` when it reads a DICOM SEG label itself
+    (:mod:`medcam.evaluate.truth`): the reader then gives the record without ``label``.
+    """
+    label = entry.get("label")
+    return Path(label) if label is not None else None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file or a file with the DICOM preamble (``DICM`` at byte 128), or a folder (of DICOM files)."""
+    if path.is_dir() or path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def load_pair(
     image_paths: Path | Sequence[Path],
     label_path: Path | None,
@@ -126,6 +147,11 @@ def load_pair(
     image = np.stack([np.asarray(c, dtype=np.float32) for c in channels])
     record: dict[str, Any] = {"image": image, "image_path": str(paths[0]), **geometry(affine, image.shape[1:])}
     if label_path is not None:
+        if is_dicom_file(label_path):
+            raise DatasetError(
+                f"the label {label_path} is DICOM: medcam reads a DICOM SEG label only as the ground truth of "
+                "`medcam evaluate` on 3D images; give a label image (NIfTI) on the image's grid here"
+            )
         label, label_affine = read_nifti(label_path)
         check_same_grid(paths[0], image.shape[1:], affine, label_path, label.shape, label_affine)
         if check_labels and allowed_labels is not None:

@@ -3,7 +3,8 @@
 ``dataset.json`` maps label NAME -> integer (``"kidney": 1``), or for region-based
 training NAME -> list of integers (``"kidney": [1, 2, 3]``) together with
 ``regions_class_order`` (the label each region paints when predictions are merged).
-Images are ``imagesTr/{case}_{channel:04d}{file_ending}``, labels ``labelsTr/{case}{file_ending}``.
+Images are ``imagesTr/{case}_{channel:04d}{file_ending}``, labels ``labelsTr/{case}{file_ending}``
+(or ``labelsTr/{case}.dcm``, a DICOM SEG, as the ground truth of ``medcam evaluate``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from medcam.data.base import Dataset
-from medcam.data.nifti import DatasetError, load_pair
+from medcam.data.nifti import DatasetError, label_file, load_pair
 from medcam.data.splits import random_split
+
+SEG_ENDING = ".dcm"  # a DICOM SEG label: the ground truth of medcam evaluate (not nnU-Net's)
 
 
 class NnUNetRaw(Dataset):
@@ -64,7 +67,9 @@ class NnUNetRaw(Dataset):
         labels_dir = self.root / "labelsTr"
         if not labels_dir.is_dir():
             raise DatasetError(f"{self.root} has no labelsTr/ folder; {self.layout_hint()}")
-        self.case_ids = sorted(p.name[: -len(self.file_ending)] for p in labels_dir.glob(f"*{self.file_ending}"))
+        cases = {p.name[: -len(self.file_ending)] for p in labels_dir.glob(f"*{self.file_ending}")}
+        cases |= {p.name[: -len(SEG_ENDING)] for p in labels_dir.glob(f"*{SEG_ENDING}")}  # DICOM SEG ground truth
+        self.case_ids = sorted(cases)
         if not self.case_ids:
             raise DatasetError(f"{labels_dir} holds no *{self.file_ending} label files")
         self.fractions = tuple(fractions)
@@ -96,12 +101,15 @@ class NnUNetRaw(Dataset):
                 if not image.is_file():
                     raise DatasetError(f"{image} is missing; nnU-Net needs one file per channel in channel_names")
             label = self.root / "labelsTr" / f"{case}{self.file_ending}"
+            if not label.is_file():
+                label = label.with_name(f"{case}{SEG_ENDING}")
             out.append({"case_id": case, "image": [str(p) for p in images], "label": str(label)})
         return out
 
     def load(self, entry: dict[str, Any]) -> dict[str, Any]:
         images = [Path(p) for p in entry["image"]]
-        record = load_pair(images, Path(entry["label"]), self.allowed, f"{self.root.name}/dataset.json")
-        record["label"] = record["label"].astype(np.uint8 if max(self.allowed) < 256 else np.int64)
+        record = load_pair(images, label_file(entry), self.allowed, f"{self.root.name}/dataset.json")
+        if "label" in record:
+            record["label"] = record["label"].astype(np.uint8 if max(self.allowed) < 256 else np.int64)
         record["case_id"] = entry["case_id"]
         return record

@@ -25,7 +25,7 @@ from monai.transforms import (
     Transform,
 )
 
-from medcam.data.base import Dataset
+from medcam.data.base import RecordSource
 from medcam.errors import UserError
 from medcam.models.checkpoint import Preprocessing
 
@@ -33,11 +33,13 @@ from medcam.models.checkpoint import Preprocessing
 class LoadRecordd(Transform):
     """Entry -> record of ``dataset``, with ``image`` and ``label`` as MONAI MetaTensors carrying the affine.
 
+    ``dataset``: a reader, or any :class:`~medcam.data.base.RecordSource` wrapping one.
+
     Segmentation labels become int64 tensors with a channel axis; classification labels
     stay plain ints. Deterministic, so MONAI's CacheDataset caches its output.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: RecordSource) -> None:
         self.dataset = dataset
 
     def __call__(self, entry: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -7,22 +7,24 @@ transforms: :class:`~medcam.data.transforms.LoadRecordd` and
 validation cases while the model trained). Images are interpolated and ground-truth
 labels take nearest values in the same transforms, so the truth mask lies on the
 model grid, which is the grid of the maps. Samples are read lazily, one at a time.
+A label that is a DICOM SEG is read by :mod:`medcam.evaluate.truth`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from medcam.core.targets import Activation, ClassTarget, Mask, Target, TargetError, parse_pixel_set
-from medcam.data.base import Dataset
+from medcam.data.base import Dataset, RecordSource
 from medcam.errors import UserError
 from medcam.evaluate.config import PREDICTED_CLASS, TRUE_CLASS, TRUTH_PIXELS, EvaluationConfig
 from medcam.evaluate.runner import Sample
+from medcam.evaluate.truth import seg_truth
 from medcam.models.checkpoint import CheckpointMeta
 
 # (the record's label, the ground-truth mask or None) -> what to explain
@@ -118,6 +120,7 @@ class DatasetSamples(Sequence[Sample]):
         make_target: TargetFactory,
         truth: tuple[int, ...] | None = None,
         pad_to_multiple: int | None = None,
+        records: RecordSource | None = None,
     ) -> None:
         from monai.transforms import Compose, DivisiblePadd
 
@@ -131,7 +134,10 @@ class DatasetSamples(Sequence[Sample]):
         pre = preprocessing_transforms(
             meta.preprocessing, meta.spatial_dims, keys=keys, label_key="label" if segmentation else None
         )
-        steps: list[Any] = [LoadRecordd(dataset), *pre]
+        # records: the dataset itself, or a wrapper reading DICOM SEG labels (medcam.evaluate.truth); loaded
+        # outside MONAI's Compose, which would wrap a reader's one-line UserError in a RuntimeError
+        self.load = LoadRecordd(records or dataset)
+        steps: list[Any] = list(pre)
         if pad_to_multiple is not None:
             # zeros after the end of each axis, image and label alike: voxel (0, 0, 0) stays where it was
             steps.append(DivisiblePadd(keys=list(keys), k=pad_to_multiple, method="end"))
@@ -156,7 +162,8 @@ class DatasetSamples(Sequence[Sample]):
     def __getitem__(self, index: int | slice) -> Sample | Sequence[Sample]:
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
-        record = self.transform(dict(self.entries[index]))
+        entry = cast(dict[Hashable, Any], dict(self.entries[index]))  # MONAI's key type
+        record = self.transform(self.load(entry))
         image = _plain(record["image"]).float().contiguous()
         if image.shape[0] != self.meta.in_channels:
             raise UserError(
@@ -213,4 +220,5 @@ def open_samples(config: EvaluationConfig, meta: CheckpointMeta) -> DatasetSampl
             "choose another split or fractions"
         )
     chosen = choose_entries(entries, data.samples, data.sample_seed)
-    return DatasetSamples(dataset, chosen, meta, make_target, truth, data.pad_to_multiple)
+    records = seg_truth(dataset, chosen, truth_name, truth)  # DICOM SEG labels: segments checked here
+    return DatasetSamples(dataset, chosen, meta, make_target, truth, data.pad_to_multiple, records)

@@ -3,8 +3,10 @@
 For a DICOM series input the objects join the source study: patient and study are
 copied from the source instances (by highdicom), each object is a new series that
 references the source series and shares its frame of reference, and frame ``f`` of
-every object lies exactly on source frame ``f`` (same position, orientation and pixel
-spacing, same order). For any other input (NIfTI, NRRD, ...) there is no study to join:
+every object (of each segment, for the SEG) lies exactly on source frame ``f`` in the
+series' stored order (same position, orientation and pixel spacing; see
+:mod:`medcam.volumes.dicom_series` for the order and :mod:`medcam.review.dicom_order`
+for why the frames are reordered after highdicom). For any other input (NIfTI, NRRD, ...) there is no study to join:
 the objects get a new study whose image series is written next to them
 (``image/``, a CT series derived from the input, marked as derived and for research
 use), so a viewer has the image the objects overlay. UIDs are new on every run;
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from medcam.review.dicom_order import follow_source_order
 from medcam.volumes.dicom_series import read_source_series, volume_geometry
 from medcam.volumes.geometry import ItkGeometry
 from medcam.volumes.io import Volume
@@ -56,10 +59,15 @@ _TISSUE = (("85756007", "SCT", "Tissue"), ("85756007", "SCT", "Tissue"))
 
 @dataclass(frozen=True)
 class DicomFrames:
-    """Where the frames of the written objects come from: the source instances and their slice order."""
+    """Where the frames of the written objects come from: the source instances, in stored order.
+
+    ``slice_order``: the volume slice of each source frame; ``references``: its (SOP
+    Instance UID, frame number or ``None``), the order the written frames follow.
+    """
 
     source_images: list[Any]
     slice_order: list[int]
+    references: list[tuple[str, int | None]]
     synthetic: bool
 
 
@@ -107,12 +115,14 @@ def write_dicom(
     what = _what(description)
     seg = _segmentation(hd, frames, labels, segments, colours, description, common) if labels is not None else None
     if seg is not None:
+        follow_source_order(seg, frames.references)
         seg.SeriesDescription = _lo(f"medcam prediction | {what}")
         path = folder / "prediction_seg.dcm"
         seg.save_as(path, enforce_file_format=True)
         written.append(path)
     for offset, (name, data) in enumerate(maps.items()):
         pm = _parametric_map(hd, frames, name, data, what, MAP_SERIES_NUMBER + offset, common)
+        follow_source_order(pm, frames.references)
         path = folder / f"{_file_stem(name)}_pm.dcm"
         pm.save_as(path, enforce_file_format=True)
         written.append(path)
@@ -124,9 +134,10 @@ def dicom_frames(volume: Volume) -> DicomFrames:
     """The source instances the objects derive from: the input series, or a derived series of a non-DICOM input."""
     if volume.format == "dicom":
         source = read_source_series(volume)
-        return DicomFrames(source.datasets, source.slice_order, synthetic=False)
+        return DicomFrames(source.datasets, source.slice_order, source.references, synthetic=False)
     images = derived_series(volume)
-    return DicomFrames(images, list(range(len(images))), synthetic=True)
+    references: list[tuple[str, int | None]] = [(str(ds.SOPInstanceUID), None) for ds in images]
+    return DicomFrames(images, list(range(len(images))), references, synthetic=True)
 
 
 def frame_stack(data: np.ndarray, slice_order: Sequence[int]) -> np.ndarray:

@@ -53,13 +53,30 @@ def _sop_class(path: Path) -> str | None:
     return str(ds.get("SOPClassUID", "")) or None
 
 
-def read_dicom_seg(path: str | Path, volume: Volume, label: int | str | None = None) -> np.ndarray:
+def segment_labels(path: str | Path) -> dict[int, str]:
+    """Segment number -> segment label of the SEG at ``path`` (a file or a folder holding one; headers only)."""
+    import pydicom
+
+    found = find_dicom_seg(Path(path))
+    if found is None:
+        raise VolumeError(f"{path} is not a DICOM SEG file; give a SEG (.dcm) or a mask image on the input's grid")
+    return _segments(pydicom.dcmread(found, stop_before_pixels=True))
+
+
+def _segments(ds: Any) -> dict[int, str]:
+    return {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
+
+
+def read_dicom_seg(
+    path: str | Path, volume: Volume, label: int | str | None = None, *, allow_empty: bool = False
+) -> np.ndarray:
     """The segment ``label`` of the SEG at ``path`` as a boolean mask on ``volume``'s grid.
 
     ``label``: a segment number (medcam's own SEGs number segments 1.. in label order, so
     for labels 1..N the number is the label value), a segment label (case-insensitive),
     or ``None`` for the union of all segments. Raises :class:`VolumeError` for a SEG on
-    another grid or frame of reference, or a missing segment, naming what is present.
+    another grid or frame of reference, or a missing segment, naming what is present;
+    also for an empty segment unless ``allow_empty`` (a ground truth may be empty).
     """
     import pydicom
 
@@ -92,8 +109,6 @@ def read_dicom_seg(path: str | Path, volume: Volume, label: int | str | None = N
             if number not in numbers:
                 continue
             selected = frame.astype(bool)
-        if not selected.any():
-            continue
         position = np.asarray(_group(item, shared, "PlanePositionSequence", "ImagePositionPatient", found), float)
         cosines = np.asarray(_group(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient", found), float)
         spacing = np.asarray(_group(item, shared, "PixelMeasuresSequence", "PixelSpacing", found), float)
@@ -101,38 +116,38 @@ def read_dicom_seg(path: str | Path, volume: Volume, label: int | str | None = N
         start = np.linalg.solve(scaled, position - origin)
         column_step = np.linalg.solve(scaled, cosines[:3] * spacing[1])
         row_step = np.linalg.solve(scaled, cosines[3:] * spacing[0])
+        # every frame read, empty or not, must lie on the grid: an empty truth from another series is an error
+        _check_on_grid(start, column_step, row_step, frame.shape, found, volume, index + 1)
         rows, columns = np.nonzero(selected)
-        voxels = start + np.outer(rows, row_step) + np.outer(columns, column_step)
-        _place(mask, voxels, start, column_step, row_step, found, volume, index + 1)
-    if not mask.any():
+        voxels = np.rint(start + np.outer(rows, row_step) + np.outer(columns, column_step)).astype(int)
+        mask[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = True
+    if not mask.any() and not allow_empty:
         raise VolumeError(f"the DICOM SEG {found} has no voxels in segment(s) {numbers}; pick another label")
     return mask
 
 
-def _place(
-    mask: np.ndarray,
-    voxels: np.ndarray,
+def _check_on_grid(
     start: np.ndarray,
     column_step: np.ndarray,
     row_step: np.ndarray,
+    shape: tuple[int, ...],
     path: Path,
     volume: Volume,
     frame: int,
 ) -> None:
-    """Set the voxels of one frame; refuse a frame whose pixels are not voxel centres of the volume."""
+    """Refuse a frame whose pixels are not voxel centres of the volume (checked at its four corners)."""
     steps_ok = all(
         np.allclose(np.abs(s), np.round(np.abs(s)), atol=_TOLERANCE) and round(float(np.abs(s).sum())) == 1
         for s in (column_step, row_step)
     )
-    rounded = np.rint(voxels).astype(int)
     on_grid = steps_ok and np.allclose(start, np.rint(start), atol=_TOLERANCE)
-    inside = bool(np.all((rounded >= 0) & (rounded < np.asarray(volume.spatial_shape))))
+    corners = np.rint([start + r * row_step + c * column_step for r in (0, shape[0] - 1) for c in (0, shape[1] - 1)])
+    inside = bool(np.all((corners >= 0) & (corners < np.asarray(volume.spatial_shape))))
     if not (on_grid and inside):
         raise VolumeError(
             f"frame {frame} of the DICOM SEG {path} does not lie on the voxel grid of {volume.path.name} "
             "(another series, spacing or field of view); give a SEG made on the input series"
         )
-    mask[rounded[:, 0], rounded[:, 1], rounded[:, 2]] = True
 
 
 def _group(item: Any, shared: Any, sequence: str, keyword: str, path: Path) -> Any:
@@ -143,7 +158,7 @@ def _group(item: Any, shared: Any, sequence: str, keyword: str, path: Path) -> A
 
 
 def _segment_numbers(ds: Any, label: int | str | None, path: Path) -> list[int]:
-    segments = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
+    segments = _segments(ds)
     if label is None:
         return sorted(segments)
     if isinstance(label, int) and label in segments:

@@ -10,11 +10,17 @@ volume's grid: same orientation and pixel spacing, positions on integer slices, 
 missing or unequally spaced slices (GDCM reads such a series with one spacing, so its
 geometry would be wrong). Enhanced (multi-frame) images are read frame by frame from
 their functional groups.
+
+The frames are kept in the order the source stores them (its *stored order*): the frames
+of a multi-frame image by frame number, single-frame instances by Instance Number (the
+order a PACS lists them), or in GDCM's order (along the slice normal) when an instance
+has no Instance Number or two share one. The written objects follow this order.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +58,7 @@ class SourceFrame:
 
 @dataclass(frozen=True)
 class SourceSeries:
-    """The instances of a series (metadata only), their frames in source order, and their geometry."""
+    """The instances of a series (metadata only), their frames in stored order, and their geometry."""
 
     datasets: list[Any]
     frames: list[SourceFrame]
@@ -62,8 +68,13 @@ class SourceSeries:
 
     @property
     def slice_order(self) -> list[int]:
-        """Volume slice index of every source frame, in the order the source stores the frames."""
+        """Volume slice index of every source frame, in stored order."""
         return [f.slice_index for f in self.frames]
+
+    @property
+    def references(self) -> list[tuple[str, int | None]]:
+        """(SOP Instance UID, frame number or ``None``) of every source frame, in stored order."""
+        return [(str(f.dataset.SOPInstanceUID), f.number) for f in self.frames]
 
 
 def series_files(folder: Path) -> list[Path]:
@@ -75,6 +86,14 @@ def series_files(folder: Path) -> list[Path]:
         if len(series) != 1:
             raise VolumeError(f"{folder} holds {len(series)} DICOM series; point --volume at a folder with one series")
         return [Path(p) for p in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
+
+
+def stored_order(datasets: list[Any]) -> list[Any]:
+    """Single-frame instances by Instance Number when each has its own; otherwise as given (GDCM's order)."""
+    numbers = [str(ds.get("InstanceNumber", "")).strip() for ds in datasets]
+    if not all(re.fullmatch(r"[+-]?\d+", n) for n in numbers) or len({int(n) for n in numbers}) < len(numbers):
+        return list(datasets)
+    return [ds for _, ds in sorted(zip((int(n) for n in numbers), datasets, strict=True), key=lambda p: p[0])]
 
 
 def volume_geometry(volume: Volume) -> ItkGeometry:
@@ -101,6 +120,7 @@ def read_source_series(volume: Volume) -> SourceSeries:
             datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
         except (InvalidDicomError, OSError) as err:
             raise VolumeError(f"cannot read {path} as DICOM ({err}); is the file truncated?") from err
+    datasets = stored_order(datasets)
     frames = [frame for ds in datasets for frame in _frames(ds)]
     name = volume.path.name
     if len(datasets) > 1 and any(number is not None for *_, number in frames):

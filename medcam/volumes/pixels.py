@@ -62,12 +62,13 @@ def in_input_coordinates(definition: str) -> bool:
     return definition.startswith(("voxel", "box", "mask"))
 
 
-def load_reference(spec: str | Path, volume: Volume) -> tuple[np.ndarray, str]:
+def load_reference(spec: str | Path, volume: Volume, *, allow_empty: bool = False) -> tuple[np.ndarray, str]:
     """A mask file ``FILE[:LABEL]`` on ``volume``'s voxel grid (shape and affine checked) and its definition.
 
     Without a label every non-zero voxel is in the mask; with one, the voxels of that value.
     A DICOM SEG (a ``.dcm`` file or a folder holding one) is read by
     :func:`medcam.volumes.dicom_seg.read_dicom_seg`; its ``LABEL`` is a segment number or name.
+    An empty mask is refused unless ``allow_empty`` (a ground truth may be empty, a pixel set not).
     """
     body, label = str(spec), None
     head, sep, tail = body.rpartition(":")
@@ -77,13 +78,13 @@ def load_reference(spec: str | Path, volume: Volume) -> tuple[np.ndarray, str]:
     else:
         seg = find_dicom_seg(Path(body))
     if seg is not None:  # a DICOM SEG file, or a folder holding one
-        mask = read_dicom_seg(seg, volume, label)
+        mask = read_dicom_seg(seg, volume, label, allow_empty=allow_empty)
     else:
-        mask = _mask_file(Path(body), volume, label if isinstance(label, int) else None)
+        mask = _mask_file(Path(body), volume, label if isinstance(label, int) else None, allow_empty)
     return mask, body + (f":{label}" if label is not None else "")
 
 
-def _mask_file(path: Path, volume: Volume, label: int | None) -> np.ndarray:
+def _mask_file(path: Path, volume: Volume, label: int | None, allow_empty: bool = False) -> np.ndarray:
     mask_volume = load_volume(path)
     if grid_difference(mask_volume.spatial_shape, mask_volume.affine, volume.spatial_shape, volume.affine):
         raise UserError(
@@ -93,7 +94,7 @@ def _mask_file(path: Path, volume: Volume, label: int | None) -> np.ndarray:
         )
     values = mask_volume.array[0]
     mask = np.abs(values - label) < 0.5 if label is not None else values > 0.5
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         what = f"label {label}" if label is not None else "non-zero voxels"
         found = sorted(int(v) for v in np.unique(np.rint(values)))[:10]
         raise UserError(f"mask {path} has no {what} (values present: {found}); pick another label")
