@@ -166,6 +166,21 @@ def test_a_failed_write_leaves_no_partial_folder(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_volume_file_failing_on_the_writer_thread_fails_the_run_and_leaves_nothing(
+    tmp_path: Path, kits_case: Path, kits_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NIfTI and NRRD files are written on two threads; an error there must reach the run."""
+    from medcam.review import bundle
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "res"
+    with mock.patch.object(bundle, "write_segmentation", disk_full), pytest.raises(OSError, match="No space"):
+        explain(["--volume", str(kits_case), "--out", str(out)], kits_model, capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 HOSTILE = 'x";__import__("os").system("touch PWNED");"y'
 
 

@@ -69,6 +69,33 @@ def _safe_name(alias: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", alias).strip("._") or "layer"
 
 
+class _FileWriters:
+    """Writes volume files on two threads while the caller renders pictures.
+
+    gzip and NRRD encoding release the GIL, so the NIfTI and NRRD files of a CT are
+    written side by side; leaving the block waits for every file and raises the first
+    error, so the atomic output folder never commits a half-written file.
+    """
+
+    def __enter__(self) -> _FileWriters:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medcam-write")
+        self._pending: list[Any] = []
+        return self
+
+    def submit(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        self._pending.append(self._pool.submit(function, *args, **kwargs))
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            if kind is None:  # otherwise the caller's error is the one to report
+                for future in self._pending:
+                    future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass(frozen=True, eq=False)
 class VolumeExplanation:
     """Maps on the input's own voxel grid, with everything needed to write the review folder.
@@ -117,16 +144,30 @@ class VolumeExplanation:
         return out
 
     def _write(self, folder: Path, *, final: Path) -> dict[str, Any]:
+        with _FileWriters() as files:
+            outputs, overlays, segments = self._write_volumes(folder, files)
+            outputs.update(self._write_pictures(folder))  # matplotlib stays on this thread
+        outputs.update(self._write_slicer(folder, final, self._geometry, overlays, segments))
+        if self.writes_dicom:
+            outputs["dicom"] = self._write_dicom(folder, segments)
+        return outputs
+
+    @property
+    def _geometry(self) -> ItkGeometry:
+        return self.volume.itk or ItkGeometry.from_affine(self.volume.affine, self.volume.spatial_dims)
+
+    def _write_volumes(self, folder: Path, files: _FileWriters) -> tuple[dict[str, Any], list[Overlay], list[Segment]]:
+        """Queue the NIfTI and NRRD files; the outputs, and the scene's overlays and segments."""
         volume = self.volume
         outputs: dict[str, Any] = {"heatmap": "heatmap.nii.gz"}
-        write_nifti_like(volume, self.heatmap, folder / "heatmap.nii.gz")
+        files.submit(write_nifti_like, volume, self.heatmap, folder / "heatmap.nii.gz")
         overlays = [Overlay("medcam heatmap", "heatmap.nii.gz", "inferno", (0.0, 1.0), (DEFAULT_THRESHOLD, 1.0))]
         for name, per_layer in sorted(self.extras.items()):
             if self.primary not in per_layer:
                 continue
             file_name = f"{_safe_name(name)}.nii.gz"
             data = per_layer[self.primary]
-            write_nifti_like(volume, data, folder / file_name)
+            files.submit(write_nifti_like, volume, data, folder / file_name)
             outputs.setdefault("extras", {})[name] = file_name
             overlays.append(self._extra_overlay(name, file_name, data))
         if len(self.maps) > 1:
@@ -134,34 +175,41 @@ class VolumeExplanation:
             levels: dict[str, Any] = {}
             for alias, data in self.maps.items():
                 base = _safe_name(alias)
-                write_nifti_like(volume, data, folder / "levels" / f"{base}.nii.gz")
+                files.submit(write_nifti_like, volume, data, folder / "levels" / f"{base}.nii.gz")
                 levels[alias] = f"levels/{base}.nii.gz"
                 for name, per_layer in sorted(self.extras.items()):
                     if alias in per_layer:
                         extra_file = f"levels/{base}_{_safe_name(name)}.nii.gz"
-                        write_nifti_like(volume, per_layer[alias], folder / extra_file)
+                        files.submit(write_nifti_like, volume, per_layer[alias], folder / extra_file)
                         levels[f"{alias}:{name}"] = extra_file
             outputs["levels"] = levels
-            write_level_montage(folder / "montage.png", self)
-            outputs["montage"] = "montage.png"
-        if volume.spatial_dims == 2:
-            write_map_png(folder / "heatmap.png", self.heatmap)
-            outputs["heatmap_png"] = "heatmap.png"
-        geometry = volume.itk or ItkGeometry.from_affine(volume.affine, volume.spatial_dims)
         segments = [
             Segment(value, name, SEGMENT_COLORS.get(name.lower(), _palette(value)))
             for value, name in self.segments.items()
         ]
         if self.prediction is not None:
-            write_nifti_like(volume, self.prediction, folder / "prediction.nii.gz", kind="labels")
-            write_segmentation(
+            files.submit(write_nifti_like, volume, self.prediction, folder / "prediction.nii.gz", kind="labels")
+            files.submit(
+                write_segmentation,
                 folder / "prediction.seg.nrrd",
                 self.prediction,
-                geometry,
+                self._geometry,
                 {s.value: (s.name, s.color) for s in segments},
             )
             outputs["prediction"] = "prediction.nii.gz"
             outputs["segmentation"] = "prediction.seg.nrrd"
+        return outputs, overlays, segments
+
+    def _write_pictures(self, folder: Path) -> dict[str, Any]:
+        """The montage, the 2D heatmap PNG and the previews."""
+        volume = self.volume
+        outputs: dict[str, Any] = {}
+        if len(self.maps) > 1:
+            write_level_montage(folder / "montage.png", self)
+            outputs["montage"] = "montage.png"
+        if volume.spatial_dims == 2:
+            write_map_png(folder / "heatmap.png", self.heatmap)
+            outputs["heatmap_png"] = "heatmap.png"
         title = (
             f"{self.summary['method']['name']} | class {self.summary['class']['name']} | "
             f"M = {self.summary['pixel_set']['definition']} | layer {self.primary}"
@@ -191,9 +239,6 @@ class VolumeExplanation:
                 normalized=self._normalized,
             )
             outputs["preview_uncertainty"] = "preview_uncertainty.png"
-        outputs.update(self._write_slicer(folder, final, geometry, overlays, segments))
-        if self.writes_dicom:
-            outputs["dicom"] = self._write_dicom(folder, segments)
         return outputs
 
     @property
