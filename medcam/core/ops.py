@@ -26,16 +26,17 @@ def spatial_dims(x: Tensor, *, channels: bool) -> tuple[int, ...]:
     return tuple(range(first, x.ndim))
 
 
-def class_argmax(logits: Tensor) -> Tensor:
+def class_argmax(logits: Tensor, dtype: torch.dtype = torch.long) -> Tensor:
     """``logits.argmax(dim=1)`` for ``(N, C, *spatial)``: the first maximal class on ties, as torch's.
 
     torch reduces over the strided class axis of a channel-first volume about 200x slower
     on CPU than an ``amax`` over it (0.35 s vs 2 ms for 4 classes at 96^3), so the labels
-    are painted from the last class to the first wherever a class reaches the maximum.
+    are painted from the last class to the first wherever a class reaches the maximum,
+    straight into ``dtype`` (a whole-CT label map in uint8 is 8x smaller than in int64).
     Needs finite values (targets reject non-finite outputs first).
     """
     peak = logits.amax(dim=1)
-    labels = torch.full(peak.shape, logits.shape[1] - 1, dtype=torch.long, device=logits.device)
+    labels = torch.full(peak.shape, logits.shape[1] - 1, dtype=dtype, device=logits.device)
     for c in range(logits.shape[1] - 2, -1, -1):
         labels.masked_fill_(logits[:, c] == peak, c)
     return labels

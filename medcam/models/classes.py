@@ -87,7 +87,7 @@ def labels_from_logits(
     dataset's ``regions_class_order`` gives its own label values (training's Dice).
     """
     if activation != "sigmoid":
-        return class_argmax(logits).to(dtype)
+        return class_argmax(logits, dtype)
     values = list(order) if order is not None else [c + 1 for c in range(logits.shape[1])]
     labels = torch.zeros((logits.shape[0], *logits.shape[2:]), dtype=dtype, device=logits.device)
     for channel, value in enumerate(values):
