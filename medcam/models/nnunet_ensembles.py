@@ -5,9 +5,9 @@ Both are ordinary ``nn.Module``s, so the explained score is exactly the logit
 its own structural copy (``mirrors.m``; the copies share every parameter and buffer), so
 each copy's layers run once per forward pass and can be hooked;
 :func:`medcam.pipeline.nnunet.fold_cam` hooks every copy and adds the maps.
-:class:`FoldEnsemble` holds one fold's weights at a time, as ``nnUNetPredictor`` does:
-the other folds are skeletons on the ``meta`` device, loaded from their checkpoints when
-used.
+:class:`FoldEnsemble` holds one fold's weights at a time (``nnUNetPredictor`` runs one
+network too, but keeps every fold's state dict in memory): the other folds are
+skeletons on the ``meta`` device, loaded from their checkpoints when used.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class FoldEnsemble(nn.Module):
 
     Built with ``loaders`` (one per fold), the folds are skeletons: the module tree with
     every parameter and persistent buffer on the ``meta`` device (shapes, no storage).
-    :meth:`fold` loads one fold's weights, yields it and releases them again, so
-    ``nnUNetPredictor``'s one-fold-at-a-time memory holds for whatever runs fold by fold
-    (prediction, the sum over copies of :func:`medcam.pipeline.nnunet.fold_cam`);
+    :meth:`fold` loads one fold's weights, yields it and releases them again, so whatever
+    runs fold by fold (prediction, the sum over copies of
+    :func:`medcam.pipeline.nnunet.fold_cam`) holds one fold's weights and activations;
     :meth:`resident` keeps every fold loaded for the ones that need the whole ensemble on
     every pass. Module objects never change, only their tensors, so hooks stay in place.
     ``forward`` runs the folds in turn; under autograd the graph keeps each fold's
