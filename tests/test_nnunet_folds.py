@@ -183,3 +183,12 @@ def test_resident_copy_and_device(model: Path) -> None:
             assert not any(p.is_meta for p in lazy.parameters())
             torch.testing.assert_close(lazy(x), expected, rtol=0, atol=0)
     assert all(p.is_meta for fold in lazy.folds for p in fold.parameters())
+    # medcam.explain on the ensemble itself: each fold loads in turn, autograd keeps what the backward needs
+    import medcam
+
+    target = SegmentationTarget(2, pixels="image")
+    layers = {"a": "folds.0.encoder.stages.1", "b": "folds.1.encoder.stages.1"}
+    ours = medcam.explain(lazy, x, "hirescam", target, layers, relu=False, normalize=None)
+    theirs = medcam.explain(copied, x, "hirescam", target, layers, relu=False, normalize=None)
+    for alias in layers:
+        torch.testing.assert_close(ours.maps[alias], theirs.maps[alias], rtol=0, atol=0)

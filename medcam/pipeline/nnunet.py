@@ -8,8 +8,9 @@ windows and weights as a :class:`~medcam.core.windows.WindowLayout`, so the slid
 CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
 in float16 as nnU-Net does (on the CPU the logits equal ``nnUNetPredictor``'s exactly).
 :func:`fold_cam` explains the ensemble's logit over every fold's and mirror's copy of a
-layer. The CAM weights its tiles with the
-same float16 gaussian in float32.
+layer. The CAM weights its tiles with the same float16 gaussian in float32. Both run
+fold after fold, one fold's weights in memory at a time
+(:class:`~medcam.models.nnunet_ensembles.FoldEnsemble`).
 """
 
 from __future__ import annotations
