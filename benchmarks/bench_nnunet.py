@@ -57,6 +57,38 @@ def write_dataset(raw: Path, shape: tuple[int, int, int]) -> dict:
     return dataset
 
 
+def plan_dataset(root: Path, train_shape: tuple[int, int, int]) -> tuple[dict, dict]:
+    """nnU-Net's own fingerprint and plans of the synthetic dataset (``root`` gets nnU-Net's three folders)."""
+    for name, var in (("raw", "nnUNet_raw"), ("pre", "nnUNet_preprocessed"), ("res", "nnUNet_results")):
+        (root / name).mkdir()
+        os.environ[var] = str(root / name)
+    dataset = write_dataset(root / "raw", train_shape)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+    )
+
+    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints its plans; keep stdout for the table
+        extract_fingerprint_dataset(902, num_processes=1, show_progress_bar=False, verbose=False)
+        plan_experiment_dataset(902)
+    plans = json.loads((root / "pre" / "Dataset902_Synth" / "nnUNetPlans.json").read_text())
+    return plans, dataset
+
+
+def write_test_case(folder: Path, shape: tuple[int, int, int]) -> Path:
+    """The test case: another voxel size than the training cases and an oblique affine."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 30, shape).astype(np.float32)
+    image[10:30, 15:40, 6:18] += 150
+    oblique = np.array([[0, -0.9, 0, 20], [0.7, 0, 0, -10], [0, 0, 2.0, 5], [0, 0, 0, 1.0]])
+    folder.mkdir()
+    case = folder / "t_0000.nii.gz"
+    nib.save(nib.Nifti1Image(image, oblique), case)
+    return case
+
+
 def trained_folder(results: Path, plans: dict, dataset: dict, configuration: str) -> Path:
     """Two folds of random weights for a configuration's plans, as nnUNetTrainer.save_checkpoint writes them."""
     import torch
@@ -75,7 +107,7 @@ def trained_folder(results: Path, plans: dict, dataset: dict, configuration: str
             config.network_arch_class_name,
             config.network_arch_init_kwargs,
             config.network_arch_init_kwargs_req_import,
-            1,
+            len(dataset["channel_names"]),
             manager.get_label_manager(dataset).num_segmentation_heads,
             deep_supervision=True,
         )
@@ -117,27 +149,9 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
-        for name, var in (("raw", "nnUNet_raw"), ("pre", "nnUNet_preprocessed"), ("res", "nnUNet_results")):
-            (root / name).mkdir()
-            os.environ[var] = str(root / name)
-        dataset = write_dataset(root / "raw", train_shape)
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-            extract_fingerprint_dataset,
-            plan_experiment_dataset,
-        )
-
-        with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints its plans; keep stdout for the table
-            extract_fingerprint_dataset(902, num_processes=1, show_progress_bar=False, verbose=False)
-            plan_experiment_dataset(902)
-        plans = json.loads((root / "pre" / "Dataset902_Synth" / "nnUNetPlans.json").read_text())
+        plans, dataset = plan_dataset(root, train_shape)
         config = plans["configurations"]["3d_fullres"]
-        rng = np.random.default_rng(1)
-        image = rng.normal(0, 30, test_shape).astype(np.float32)
-        image[10:30, 15:40, 6:18] += 150
-        oblique = np.array([[0, -0.9, 0, 20], [0.7, 0, 0, -10], [0, 0, 2.0, 5], [0, 0, 0, 1.0]])
-        (root / "test").mkdir()
-        case = root / "test" / "t_0000.nii.gz"
-        nib.save(nib.Nifti1Image(image, oblique), case)
+        case = write_test_case(root / "test", test_shape)
 
         from medcam.cli import main as medcam
 

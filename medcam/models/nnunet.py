@@ -22,6 +22,7 @@ The network is fed nnU-Net's preprocessing, not medcam's: the returned
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -35,8 +36,8 @@ from torch import nn
 
 from medcam.models.checkpoint import CheckpointMeta, ModelBundle
 from medcam.models.nnunet_2d import lift_weights, lifted_network
-from medcam.models.nnunet_checkpoint import NNUNetError, read_nnunet_checkpoint
-from medcam.models.nnunet_ensembles import FoldEnsemble, MirrorEnsemble
+from medcam.models.nnunet_checkpoint import NNUNetCheckpoint, NNUNetError, read_nnunet_checkpoint
+from medcam.models.nnunet_ensembles import FoldEnsemble, MirrorEnsemble, release_weights
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +282,23 @@ class NNUNetBundle(ModelBundle):
     preprocessing_by: str = "nnunet"
 
 
+def load_fold(network: nn.Module, path: Path, flat: bool, read: NNUNetCheckpoint | None = None) -> None:
+    """One fold's weights (``read``, else read from ``path``) into ``network``, replacing its tensors.
+
+    Assigned rather than copied, so a skeleton on the meta device is filled too; each
+    tensor gets the dtype of the one it replaces, as a copy would give it.
+    """
+    checkpoint = read if read is not None else read_nnunet_checkpoint(path)
+    weights = lift_weights(checkpoint.weights, network) if flat else checkpoint.weights
+    wanted = network.state_dict()
+    weights = {k: v.to(dtype=wanted[k].dtype) if k in wanted else v for k, v in weights.items()}
+    try:
+        network.load_state_dict(weights, assign=True)
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0]
+        raise NNUNetError(f"{path.parent}: weights do not fit the network of plans.json ({first_line})") from err
+
+
 def _parse_folds(folds: Sequence[int | str] | str | None) -> tuple[str, ...] | None:
     if folds is None:
         return None
@@ -364,27 +382,27 @@ def load_nnunet(
         raise NNUNetError(
             f"{folder}: trainer {trainer} builds its own 2D network; medcam explains 2d models of nnUNetTrainer"
         )
+    mirror_axes = first.mirror_axes
+    paths = [folder / f"fold_{fold}" / CHECKPOINTS[checkpoint] for fold in chosen]
+    read: NNUNetCheckpoint | None = first  # fold 0's weights, read already
+    del first
     networks = []
-    for index, fold in enumerate(chosen):
-        ckpt = first if index == 0 else read_nnunet_checkpoint(folder / f"fold_{fold}" / CHECKPOINTS[checkpoint])
+    for path in paths:  # every fold checked here, one fold's weights in memory at a time
         if flat:
             network = lifted_network(config, in_channels, out_channels, str(folder / "plans.json"))
-            weights = lift_weights(ckpt.weights, network)
         else:
             network = build_network(plans_manager, config, in_channels, out_channels, trainer)
-            weights = ckpt.weights
-        try:
-            network.load_state_dict(weights)
-        except RuntimeError as err:
-            first_line = str(err).splitlines()[0]
-            raise NNUNetError(
-                f"{folder}/fold_{fold}: weights do not fit the network of plans.json ({first_line})"
-            ) from err
-        axes = first.mirror_axes if mirroring else None
+        load_fold(network, path, flat, read)
+        read = None  # the weights are the network's now; the other folds are read from disk
+        axes = mirror_axes if mirroring else None
         if axes and flat:
             axes = tuple(a + 1 for a in axes)  # the in-plane axes of the depth-1 3D network
         networks.append(MirrorEnsemble(network, axes) if axes else network)
-    model: nn.Module = networks[0] if len(networks) == 1 else FoldEnsemble(networks)
+        if len(paths) > 1:
+            release_weights(networks[-1])  # loaded again from its checkpoint when used (FoldEnsemble.fold)
+    model: nn.Module = networks[0]
+    if len(networks) > 1:
+        model = FoldEnsemble(networks, [functools.partial(load_fold, path=path, flat=flat) for path in paths])
     patch = (1, *(int(p) for p in config.patch_size)) if flat else tuple(int(p) for p in config.patch_size)
     meta = CheckpointMeta(
         architecture=f"nnunet:{config.network_arch_class_name.rsplit('.', 1)[-1]}",
@@ -403,7 +421,7 @@ def load_nnunet(
             "configuration": config_name,
             "folds": list(chosen),
             "checkpoint": checkpoint,
-            "mirror_axes": list(first.mirror_axes) if mirroring and first.mirror_axes else [],
+            "mirror_axes": list(mirror_axes) if mirroring and mirror_axes else [],
             "slice_by_slice": flat,
         },
     )
@@ -418,6 +436,6 @@ def load_nnunet(
         plans=plans,
         dataset=dataset,
         labels=labels,
-        mirror_axes=first.mirror_axes,
+        mirror_axes=mirror_axes,
     )
     return NNUNetBundle(model.to(device).eval(), meta, source=source)

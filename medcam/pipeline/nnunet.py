@@ -8,8 +8,9 @@ windows and weights as a :class:`~medcam.core.windows.WindowLayout`, so the slid
 CAM runs on nnU-Net's tiles; :func:`predict_nnunet` stitches the logits the same way,
 in float16 as nnU-Net does (on the CPU the logits equal ``nnUNetPredictor``'s exactly).
 :func:`fold_cam` explains the ensemble's logit over every fold's and mirror's copy of a
-layer. The CAM weights its tiles with the
-same float16 gaussian in float32.
+layer. The CAM weights its tiles with the same float16 gaussian in float32. Both run
+fold after fold, one fold's weights in memory at a time
+(:class:`~medcam.models.nnunet_ensembles.FoldEnsemble`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from medcam.core.targets import BoundTarget
 from medcam.core.windows import SlidingWindow, WindowLayout
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, PostProcessing, window_combine
-from medcam.models.nnunet_ensembles import FlipView, FoldEnsemble, MirrorEnsemble
+from medcam.models.nnunet_ensembles import FlipView, FoldEnsemble, MirrorEnsemble, full_resolution
 from medcam.pipeline.windows import WindowCAMResult, sliding_window_cam
 
 
@@ -94,9 +95,15 @@ def predict_nnunet(model: nn.Module, x: Tensor, window: NNUNetWindow) -> Tensor:
     Returned as float32.
     """
     if isinstance(model, FoldEnsemble):  # nnU-Net stitches each fold, then averages them in float16
-        total_folds = predict_nnunet(model.folds[0], x, window).half()
-        for network in model.folds[1:]:
-            total_folds += predict_nnunet(network, x, window).half()
+        total_folds: Tensor | None = None
+        for index in range(len(model.folds)):
+            with model.fold(index) as network:  # one fold's weights in memory at a time
+                stitched = predict_nnunet(network, x, window).half()
+            if total_folds is None:
+                total_folds = stitched
+            else:
+                total_folds += stitched
+        assert total_folds is not None
         return (total_folds / len(model.folds)).float()
     layout = window.layout(tuple(x.shape[2:]), device=x.device)
     device = next((p.device for p in model.parameters()), x.device)
@@ -118,32 +125,42 @@ def predict_nnunet(model: nn.Module, x: Tensor, window: NNUNetWindow) -> Tensor:
 
 
 _COPY_PATH = re.compile(r"^(?:folds\.(?P<fold>\d+)\.)?(?:mirrors\.(?P<mirror>\d+)\.)?(?P<inner>.+)$")
+_IN_FOLD = re.compile(r"^folds\.(?P<fold>\d+)\.(?P<inner>.+)$")
+
+# a copy of a layer: (fold index, 0 for a single network; module path inside the fold; dims its mirror flips)
+Copy = tuple[int, str, tuple[int, ...]]
 
 
-def _copies(model: nn.Module, path: str) -> list[tuple[str, tuple[int, ...]]] | None:
-    """Every fold's and mirror's copy of the layer at ``path``: (module path, flipped dims).
+def _copies(model: nn.Module, path: str) -> list[Copy] | None:
+    """Every fold's and mirror's copy of the layer at ``path``, fold by fold, mirrors in nnU-Net's order.
 
     ``None`` when ``path`` is not inside the first fold / first mirror of an ensemble.
     """
     match = _COPY_PATH.match(path)
     folds = list(model.folds) if isinstance(model, FoldEnsemble) else [model]
-    prefix = "folds.{k}." if isinstance(model, FoldEnsemble) else ""
     if match is None or (match["fold"] or "0") != "0" or (match["mirror"] or "0") != "0":
         return None
     if bool(match["fold"]) != isinstance(model, FoldEnsemble):
         return None
-    copies = []
+    copies: list[Copy] = []
     for k, fold in enumerate(folds):
         if isinstance(fold, MirrorEnsemble):
             if not match["mirror"]:
                 return None
-            for m, dims in enumerate(fold.flips):
-                copies.append((f"{prefix.format(k=k)}mirrors.{m}.{match['inner']}", dims))
+            copies += [(k, f"mirrors.{m}.{match['inner']}", dims) for m, dims in enumerate(fold.flips)]
         else:
             if match["mirror"]:
                 return None
-            copies.append((f"{prefix.format(k=k)}{match['inner']}", ()))
+            copies.append((k, match["inner"], ()))
     return copies if len(copies) > 1 else None
+
+
+def _as_given(model: FoldEnsemble, path: str) -> list[Copy] | None:
+    """The one copy ``path`` names inside a fold of ``model`` (hooked as it is, mirrored or not)."""
+    match = _IN_FOLD.match(path)
+    if match is None or int(match["fold"]) >= len(model.folds):
+        return None
+    return [(int(match["fold"]), match["inner"], ())]
 
 
 @contextlib.contextmanager
@@ -168,6 +185,23 @@ def _flip_views(model: nn.Module, copies: list[tuple[str, tuple[int, ...]]]) -> 
             setattr(parent, name, original)
 
 
+class FoldShare(nn.Module):
+    """One fold's share of nnU-Net's fold-mean logit: the fold's output divided by the number of folds.
+
+    The fold mean is linear, so a linear window target's gradient reaches this fold's
+    layers exactly as it reaches them in the whole :class:`FoldEnsemble` (the same
+    division of the same numbers), and no other fold needs to be in memory.
+    """
+
+    def __init__(self, network: nn.Module, folds: int) -> None:
+        super().__init__()
+        self.network = network
+        self.folds = folds
+
+    def forward(self, x: Tensor) -> Tensor:
+        return full_resolution(self.network(x)) / self.folds
+
+
 def fold_cam(
     model: nn.Module,
     x: Tensor,
@@ -187,18 +221,75 @@ def fold_cam(
     (:class:`FlipView`), and the maps are summed before ReLU and normalisation: for the
     gradient methods a map is a sum over channels of weight x activation, so the sum is
     the map of all copies' channels taken together, i.e. of the score nnU-Net averages,
-    with its exact gradient, in one backward pass. Methods that are not window-decomposable
-    explain the layer as given.
+    with its exact gradient. The folds run one after the other, each alone in memory as
+    its :class:`FoldShare` of the score (the copies are added in the same order, so the
+    result is the one a single pass over every fold gives). A layer named in another copy
+    is explained as named. Methods that are not window-decomposable explain the layer as
+    named, on the whole ensemble with every fold loaded (they score it on every pass).
     """
     copies = {alias: _copies(model, path) for alias, path in layers.items()}
-    if window_combine(method) is None or not all(copies.values()):
-        return sliding_window_cam(
-            model, x, method, bound, layers, window, post=post, prediction=prediction, progress=progress
-        )
+    summed = all(copies.values())
+    if window_combine(method) is not None and isinstance(model, FoldEnsemble):
+        plan = copies if summed else {alias: _as_given(model, path) for alias, path in layers.items()}
+        if all(plan.values()):
+            return _fold_by_fold(model, x, method, bound, plan, window, post, prediction, progress, summed)
+    if window_combine(method) is None or not summed:
+        every_fold = model.resident() if isinstance(model, FoldEnsemble) else contextlib.nullcontext()
+        with every_fold:
+            return sliding_window_cam(
+                model, x, method, bound, layers, window, post=post, prediction=prediction, progress=progress
+            )
+    totals: dict[str, Tensor] = {}
+    found = {alias: [(path, dims) for _, path, dims in c or []] for alias, c in copies.items()}
+    raw = _add_copies(model, x, method, bound, found, window, prediction, progress, totals)
+    return _finish(raw, totals, x, post, len(next(iter(found.values()))))
+
+
+def _fold_by_fold(
+    model: FoldEnsemble,
+    x: Tensor,
+    method: CAMMethod,
+    bound: BoundTarget,
+    plan: Mapping[str, list[Copy] | None],
+    window: SlidingWindow,
+    post: PostProcessing,
+    prediction: Tensor,
+    progress: bool,
+    summed: bool,
+) -> WindowCAMResult:
+    """Each fold's copies on its :class:`FoldShare`, one fold in memory at a time, added in fold order."""
+    totals: dict[str, Tensor] = {}
+    raw: WindowCAMResult | None = None
+    for index in range(len(model.folds)):
+        mine = {
+            alias: [(f"network.{path}", dims) for k, path, dims in copies or [] if k == index]
+            for alias, copies in plan.items()
+        }
+        mine = {alias: c for alias, c in mine.items() if c}
+        if not mine:
+            continue  # no layer of this fold is explained: it is never loaded
+        with model.fold(index) as network:
+            share = FoldShare(network, len(model.folds))
+            raw = _add_copies(share, x, method, bound, mine, window, prediction, progress, totals)
+    assert raw is not None
+    return _finish(raw, totals, x, post, len(next(iter(plan.values())) or []) if summed else None)
+
+
+def _add_copies(
+    model: nn.Module,
+    x: Tensor,
+    method: CAMMethod,
+    bound: BoundTarget,
+    copies: Mapping[str, list[tuple[str, tuple[int, ...]]]],
+    window: SlidingWindow,
+    prediction: Tensor,
+    progress: bool,
+    totals: dict[str, Tensor],
+) -> WindowCAMResult:
+    """One window pass hooking every copy; each copy's raw map is added to ``totals`` in copy order."""
     with contextlib.ExitStack() as stack:
         expanded = {}
         for alias, found in copies.items():
-            assert found is not None
             for index, path in enumerate(stack.enter_context(_flip_views(model, found))):
                 expanded[f"{alias}@{index}"] = path
         raw = sliding_window_cam(
@@ -212,13 +303,21 @@ def fold_cam(
             prediction=prediction,
             progress=progress,
         )
-    spatial = tuple(int(s) for s in x.shape[2:])
-    maps = {}
     for alias, found in copies.items():
-        assert found is not None
-        total = raw.maps.pop(f"{alias}@0")
-        for index in range(1, len(found)):
-            total = total + raw.maps.pop(f"{alias}@{index}")
-        maps[alias] = finalize(total, spatial, relu=post.relu, normalization=post.normalization)
-    summed = len(next(iter(copies.values())) or [])
-    return replace(raw, maps=maps, stats={**raw.stats, "copies_summed": summed})
+        for index in range(len(found)):
+            part = raw.maps.pop(f"{alias}@{index}")
+            totals[alias] = totals[alias] + part if alias in totals else part
+    return raw
+
+
+def _finish(
+    raw: WindowCAMResult, totals: dict[str, Tensor], x: Tensor, post: PostProcessing, summed: int | None
+) -> WindowCAMResult:
+    """ReLU and normalisation of the added maps; ``copies_summed`` in the window statistics when copies were added."""
+    spatial = tuple(int(s) for s in x.shape[2:])
+    maps = {
+        alias: finalize(total, spatial, relu=post.relu, normalization=post.normalization)
+        for alias, total in totals.items()
+    }
+    stats = {**raw.stats, "copies_summed": summed} if summed is not None else raw.stats
+    return replace(raw, maps=maps, stats=stats)
