@@ -48,7 +48,8 @@ def minmax(maps: Tensor) -> Tensor:
     lo = maps.amin(dim=dims, keepdim=True)
     span = maps.amax(dim=dims, keepdim=True) - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (maps - lo) / safe, torch.zeros_like(maps))
+    # a constant map is exactly 0 after ``- lo``; one volume-sized result, divided in place
+    return (maps - lo).div_(safe)
 
 
 def divide_by_max(maps: Tensor) -> Tensor:
@@ -56,7 +57,7 @@ def divide_by_max(maps: Tensor) -> Tensor:
     dims = spatial_dims(maps, channels=False)
     top = maps.amax(dim=dims, keepdim=True)
     safe = torch.where(top > 0, top, torch.ones_like(top))
-    return torch.where(top > 0, maps / safe, torch.zeros_like(maps))
+    return (maps / safe).masked_fill_(top <= 0, 0.0)
 
 
 def normalize(maps: Tensor, mode: Normalization) -> Tensor:

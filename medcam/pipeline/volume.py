@@ -335,9 +335,8 @@ def _renormalize(data: np.ndarray, options: ExplainOptions) -> np.ndarray:
         return data.astype(np.float32)
     from medcam.core.ops import normalize as apply
 
-    return (
-        apply(torch.from_numpy(np.ascontiguousarray(data))[None], options.normalization)[0].numpy().astype(np.float32)
-    )
+    scaled = apply(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None], options.normalization)
+    return scaled[0].numpy()  # float32 already: no second volume-sized copy
 
 
 def _primary(layers: Mapping[str, str], spec: str | Sequence[str]) -> str:
