@@ -42,30 +42,33 @@ def class_argmax(logits: Tensor, dtype: torch.dtype = torch.long) -> Tensor:
     return labels
 
 
-def minmax(maps: Tensor) -> Tensor:
-    """Scale each sample to [0, 1]; a constant map becomes all zeros, never NaN."""
+def minmax(maps: Tensor, *, inplace: bool = False) -> Tensor:
+    """Scale each sample to [0, 1]; a constant map becomes all zeros, never NaN.
+
+    ``inplace``: the caller hands ``maps`` over and it is scaled in its own memory.
+    """
     dims = spatial_dims(maps, channels=False)
     lo = maps.amin(dim=dims, keepdim=True)
     span = maps.amax(dim=dims, keepdim=True) - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    # a constant map is exactly 0 after ``- lo``; one volume-sized result, divided in place
-    return (maps - lo).div_(safe)
+    # a constant map is exactly 0 after ``- lo``; at most one volume-sized result
+    return (maps.sub_(lo) if inplace else maps - lo).div_(safe)
 
 
-def divide_by_max(maps: Tensor) -> Tensor:
+def divide_by_max(maps: Tensor, *, inplace: bool = False) -> Tensor:
     """Divide each sample by its maximum (the Vinogradova / Rheude code); max <= 0 gives zeros."""
     dims = spatial_dims(maps, channels=False)
     top = maps.amax(dim=dims, keepdim=True)
     safe = torch.where(top > 0, top, torch.ones_like(top))
-    return (maps / safe).masked_fill_(top <= 0, 0.0)
+    return (maps.div_(safe) if inplace else maps / safe).masked_fill_(top <= 0, 0.0)
 
 
-def normalize(maps: Tensor, mode: Normalization) -> Tensor:
+def normalize(maps: Tensor, mode: Normalization, *, inplace: bool = False) -> Tensor:
     """Apply the named normalisation (``"minmax"``, ``"max"`` or ``None`` for raw maps)."""
     if mode == "minmax":
-        return minmax(maps)
+        return minmax(maps, inplace=inplace)
     if mode == "max":
-        return divide_by_max(maps)
+        return divide_by_max(maps, inplace=inplace)
     if mode is None:
         return maps
     raise UserError(f"normalize={mode!r} is not known; use one of {NORMALIZATIONS}")
@@ -87,9 +90,18 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     return resized.squeeze(1)
 
 
-def finalize(raw: Tensor, size: tuple[int, ...], *, relu: bool, normalization: Normalization) -> Tensor:
-    """The post-processing every method shares: ReLU -> upsample -> normalise, as float32."""
+def finalize(
+    raw: Tensor, size: tuple[int, ...], *, relu: bool, normalization: Normalization, inplace: bool = False
+) -> Tensor:
+    """The post-processing every method shares: ReLU -> upsample -> normalise, as float32.
+
+    ``inplace``: the caller hands ``raw`` over (a stitched whole-volume sum), so no
+    volume-sized copy is made when no resizing is needed.
+    """
     maps = raw.float()
+    owned = inplace or maps is not raw
     if relu:
-        maps = maps.clamp_min(0)
-    return normalize(upsample(maps, size), normalization)
+        maps = maps.clamp_min_(0) if owned else maps.clamp_min(0)
+        owned = True
+    resized = upsample(maps, size)
+    return normalize(resized, normalization, inplace=owned or resized is not maps)

@@ -72,11 +72,17 @@ def _check_output(output: Tensor, *, spatial: bool) -> None:
             f"ClassTarget needs an output shaped (N, C), got {tuple(output.shape)}; "
             "use SegmentationTarget for a segmentation network"
         )
-    if not torch.isfinite(output).all():
+    if output.numel() and not _finite(output):
         raise TargetError(
             "the model output contains NaN or Inf values, so no explanation is defined; "
             "check the input intensities and the checkpoint"
         )
+
+
+def _finite(t: Tensor) -> bool:
+    """Whether every value is finite, without a volume-sized mask: NaN and Inf reach the min or max."""
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
 def _check_index(index: int, channels: int) -> None:

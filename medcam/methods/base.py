@@ -284,6 +284,8 @@ class CombineStitcher(WindowStitcher):
         maps = {}
         for alias in list(self.sums):
             total = self.sums.pop(alias)  # release each sum as soon as its map is done
-            maps[alias] = finalize(total[crop], layout.spatial, relu=post.relu, normalization=post.normalization)
+            maps[alias] = finalize(
+                total[crop], layout.spatial, relu=post.relu, normalization=post.normalization, inplace=True
+            )
             del total
         return WindowMaps(maps)
