@@ -3,6 +3,7 @@
     checkpoint --load_model--> model + metadata (labels, regions, preprocessing, patch)
     image --load_volume--> Volume --prepare--> model grid --predict (sliding window)--> Y
     Y + --pixels--> M --sliding_window_cam (method, layers)--> maps on the model grid
+      (M given and a one-class target: Y is stitched from the CAM's own window passes instead)
     maps --invert the preprocessing--> maps on the ORIGINAL grid --save--> output folder
 
 The functions take the CLI's names: ``explain_case(volume=..., class_name=..., model=...,
