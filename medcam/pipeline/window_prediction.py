@@ -74,8 +74,9 @@ class WindowProbe(Probe):
 class OwnPrediction:
     """The prediction stitched from the window outputs of one call of the window loop.
 
-    ``channels`` is the output's channel count once a window has run. ``forwards`` counts the windows run
-    without gradients for the prediction alone; ``seconds`` is the time of those passes.
+    ``channels`` is the output's channel count once a window has run. ``forwards`` counts
+    the windows run without gradients for the prediction alone; ``seconds`` is the time of
+    the passes run for the prediction alone.
     """
 
     def __init__(self, probe: WindowProbe, layout: WindowLayout, samples: int, norm: Tensor, dtype: torch.dtype):
@@ -100,17 +101,23 @@ class OwnPrediction:
         self.blended.add(self._run(patches), jobs)
         self.forwards += len(jobs)
 
-    def forward_only(self, jobs: list[Job], patches: Callable[[list[Job]], Tensor], batch_size: int) -> None:
+    def forward_only(
+        self, jobs: list[Job], patches: Callable[[list[Job]], Tensor], batch_size: int, progress: bool = False
+    ) -> None:
         """The windows that miss M: one forward pass each without gradients (``batch_size`` per pass)."""
-        for i in range(0, len(jobs), batch_size):
-            batch = jobs[i : i + batch_size]
-            self.forward(patches(batch), batch)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(jobs), desc="prediction", unit="window", disable=not progress, leave=False) as bar:
+            for i in range(0, len(jobs), batch_size):
+                batch = jobs[i : i + batch_size]
+                self.forward(patches(batch), batch)
+                bar.update(len(batch))
 
     def shape_only(self, first: Tensor) -> Tensor:
         """The padded prediction's shape as zeros without memory: a linear score's weights need nothing more.
 
-        With no output yet (every window meets M, the target came bound), the first
-        window ``first`` runs one forward pass to tell the output's channels.
+        With no output yet (every window meets M), the first window ``first`` runs one
+        forward pass to tell the output's channels; its output is not kept.
         """
         if self.channels is None:
             self._run(first)

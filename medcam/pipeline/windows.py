@@ -250,7 +250,7 @@ def _windows(
                 missing.append((b, w))
     passes = _Passes(probe, padded_x, bound, layout, window, context, prediction, mask, jobs, progress, own)
     if own is not None:
-        own.forward_only(missing, passes.patches, window.batch_size)
+        own.forward_only(missing, passes.patches, window.batch_size, progress)
     stitcher.run(passes)
     found = stitcher.finish()
     stats = window_stats(layout, window, windows=len(layout.slices) * n, with_backward=len(jobs))
