@@ -152,6 +152,18 @@ def test_a_class_the_output_lacks_is_one_line_with_a_given_m() -> None:
         )
 
 
+@pytest.mark.parametrize("pixels", ["image", "box:2,3,1:7,9,4"])
+def test_a_non_finite_output_is_refused_as_the_separate_pass_refuses_it(pixels: str) -> None:
+    net, x = tiny_unet(), volume()
+    x[0, 0, 15, 15, 10] = float("nan")  # a window M may miss: its forward-only pass sees it
+    with pytest.raises(TargetError, match="the model output contains NaN or Inf values"):
+        SegmentationTarget(1, pixels=pixels).bind(predict(net, x, SlidingWindow((8, 8, 8))))
+    with pytest.raises(TargetError, match="the model output contains NaN or Inf values"):
+        sliding_window_cam(
+            net, x, create_method("hirescam"), SegmentationTarget(1, pixels=pixels), LAYERS, SlidingWindow((8, 8, 8))
+        )
+
+
 @pytest.fixture(scope="module")
 def kits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("kits")

@@ -72,6 +72,11 @@ def _check_output(output: Tensor, *, spatial: bool) -> None:
             f"ClassTarget needs an output shaped (N, C), got {tuple(output.shape)}; "
             "use SegmentationTarget for a segmentation network"
         )
+    check_finite(output)
+
+
+def check_finite(output: Tensor) -> None:
+    """Raise :class:`TargetError` if the model output holds NaN or Inf values."""
     if not torch.isfinite(output).all():
         raise TargetError(
             "the model output contains NaN or Inf values, so no explanation is defined; "
@@ -514,7 +519,7 @@ class SegmentationTarget(Target):
 
         The same target as :meth:`bind` gives on any output of that shape (M does not look
         at the output). The output's own checks are the caller's, once it has one:
-        :meth:`BoundTarget.check_channels` and :meth:`bind` (finite values).
+        :meth:`BoundTarget.check_channels` and :func:`check_finite`.
         """
         if not self.pixels_given:
             raise ValueError(f"the pixel set {self.pixel_set.describe()} is found on the output; use bind(output)")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from medcam.core.probe import Capture, Probe
-from medcam.core.targets import BoundTarget, SegmentationTarget, Target
+from medcam.core.targets import BoundTarget, SegmentationTarget, Target, check_finite
 from medcam.core.windows import BlendedOutputs, Job, WindowLayout, check_output_grid
 
 # where the stitched prediction came from ("sliding_window"."prediction" in summary.json)
@@ -96,9 +96,14 @@ class OwnPrediction:
         self.channels = int(out.shape[1])
         return out
 
+    def _add(self, outputs: Tensor, jobs: list[Job]) -> None:
+        # what bind checks on a stitched prediction, window by window: blending keeps values finite
+        check_finite(outputs)
+        self.blended.add(outputs, jobs)
+
     def forward(self, patches: Tensor, jobs: list[Job]) -> None:
         """A pass for the prediction alone, stitched."""
-        self.blended.add(self._run(patches), jobs)
+        self._add(self._run(patches), jobs)
         self.forwards += len(jobs)
 
     def forward_only(
@@ -136,7 +141,7 @@ class OwnPrediction:
         if seen is None or seen.shape[0] != len(jobs):
             self.forward(patches, jobs)
         else:
-            self.blended.add(seen, jobs)
+            self._add(seen, jobs)
 
     def result(self) -> Tensor:
         """The stitched prediction ``(N, C, *spatial)``, float32, as :func:`~medcam.core.windows.predict` gives it."""

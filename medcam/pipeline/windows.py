@@ -175,9 +175,9 @@ def sliding_window_cam(
             found = _whole_volume(probe, x, method, bound, layers, layout, post, prediction)
         else:
             found = _windows(probe, padded_x, stitcher, bound, layout, window, context, prediction, own, progress)
-        if on_grid:  # bound without an output: bind's checks (finite logits) on the prediction; M is the same
+        if on_grid and own is None:  # bound without an output, predicted separately: bind's checks on it
             assert isinstance(target, SegmentationTarget)
-            found = replace(found, target=target.bind(found.output))
+            found = replace(found, target=target.bind(found.output))  # the same M: it is given
         return replace(found, prediction_seconds=found.prediction_seconds + spent)
 
 
