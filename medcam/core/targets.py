@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -72,6 +72,11 @@ def _check_output(output: Tensor, *, spatial: bool) -> None:
             f"ClassTarget needs an output shaped (N, C), got {tuple(output.shape)}; "
             "use SegmentationTarget for a segmentation network"
         )
+    check_finite(output)
+
+
+def check_finite(output: Tensor) -> None:
+    """Raise :class:`TargetError` if the model output holds NaN or Inf values."""
     if output.numel() and not _finite(output):
         raise TargetError(
             "the model output contains NaN or Inf values, so no explanation is defined; "
@@ -111,6 +116,16 @@ class BoundTarget:
     def is_segmentation(self) -> bool:
         return self.mask is not None
 
+    @property
+    def linear(self) -> bool:
+        """Whether :meth:`score` is linear in the output, so that dS/dY is the same at every output.
+
+        One class's logit (summed over M) is; a region's ``logsumexp`` is not. A subclass
+        with its own score or logit map is not assumed linear: it says so itself.
+        """
+        own_rule = type(self).score is BoundTarget.score and type(self).logit_map is BoundTarget.logit_map
+        return own_rule and self.region is None
+
     def logit_map(self, output: Tensor) -> Tensor:
         """The explained logit of each sample: ``(N,)`` or ``(N, *spatial)``."""
         if self.region is not None:
@@ -147,6 +162,11 @@ class BoundTarget:
         mask = self.mask.to(device=probs.device, dtype=probs.dtype)
         return (probs * mask).flatten(1).sum(dim=1) / mask.flatten(1).sum(dim=1)
 
+    def check_channels(self, channels: int) -> None:
+        """Raise :class:`TargetError` unless every class the target reads is one of ``channels`` output channels."""
+        for index in self.region if self.region is not None else self.classes.unique().tolist():
+            _check_index(int(index), channels)
+
     def select(self, samples: Tensor | slice) -> BoundTarget:
         """The same target restricted to some samples of the batch."""
         mask = None if self.mask is None else self.mask[samples]
@@ -170,6 +190,11 @@ class Target(ABC):
     @abstractmethod
     def bind(self, output: Tensor) -> BoundTarget:
         """Resolve class indices (and M) on ``output``; raise :class:`TargetError` if impossible."""
+
+    @property
+    def linear(self) -> bool:
+        """Whether every bound target's score is linear in the output (:attr:`BoundTarget.linear`)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,10 @@ class ClassTarget(Target):
                 _check_index(int(i), channels)
             classes = torch.as_tensor(list(self.index), dtype=torch.long)
         return BoundTarget(classes.to(output.device), self.activation, None, f"class {self.index}")
+
+    @property
+    def linear(self) -> bool:
+        return True  # one class's logit
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,6 +277,9 @@ class ClassMaps:
 class PixelSet(ABC):
     """The set M of output pixels whose class-c logits a segmentation target sums."""
 
+    # True when M is given (a box, a mask, the image): it does not look at the model's output
+    given: ClassVar[bool] = False
+
     @abstractmethod
     def mask(self, maps: ClassMaps) -> Tensor:
         """Boolean ``(N, *spatial)`` mask on the output grid."""
@@ -289,6 +321,8 @@ class Threshold(PixelSet):
 class WholeImage(PixelSet):
     """Every output pixel."""
 
+    given = True
+
     def mask(self, maps: ClassMaps) -> Tensor:
         return ~maps.empty()
 
@@ -299,6 +333,8 @@ class WholeImage(PixelSet):
 @dataclass(frozen=True, eq=False)
 class Mask(PixelSet):
     """A given boolean mask, ``(*spatial)`` or ``(N, *spatial)`` on the output grid."""
+
+    given = True
 
     values: Tensor
     label: str = "mask"
@@ -322,6 +358,8 @@ class Mask(PixelSet):
 @dataclass(frozen=True)
 class Box(PixelSet):
     """An axis-aligned box ``start <= p < stop`` in output index order."""
+
+    given = True
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
@@ -350,6 +388,8 @@ class Box(PixelSet):
 @dataclass(frozen=True)
 class Voxel(PixelSet):
     """A single pixel / voxel, in output index order."""
+
+    given = True
 
     coords: tuple[int, ...]
 
@@ -467,9 +507,38 @@ class SegmentationTarget(Target):
     def region(self) -> tuple[int, ...] | None:
         return self.index if isinstance(self.index, tuple) else None
 
+    @property
+    def linear(self) -> bool:
+        return self.region is None  # one class's logit; a region's logsumexp is not linear
+
+    @property
+    def pixels_given(self) -> bool:
+        """Whether M is given (image, box, voxel, mask) rather than found on the prediction."""
+        return self.pixel_set.given
+
     def bind(self, output: Tensor) -> BoundTarget:
         _check_output(output, spatial=True)
-        channels: tuple[int, ...] = self.index if isinstance(self.index, tuple) else (self.index,)
+        return self._resolve(output)
+
+    def bind_on_grid(self, samples: int, spatial: tuple[int, ...], device: torch.device | str) -> BoundTarget:
+        """Bind without an output, for a given M: ``samples`` outputs on the grid ``spatial``.
+
+        The same target as :meth:`bind` gives on any output of that shape (M does not look
+        at the output). The output's own checks are the caller's, once it has one:
+        :meth:`BoundTarget.check_channels` and :func:`check_finite`.
+        """
+        if not self.pixels_given:
+            raise ValueError(f"the pixel set {self.pixel_set.describe()} is found on the output; use bind(output)")
+        shape = (samples, max(self.channels) + 1, *spatial)
+        return self._resolve(torch.zeros((), device=device).expand(shape))  # a shape, no memory
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """The output channels the target reads."""
+        return self.index if isinstance(self.index, tuple) else (self.index,)
+
+    def _resolve(self, output: Tensor) -> BoundTarget:
+        channels = self.channels
         for index in channels:
             _check_index(index, output.shape[1])
         first = channels[0]

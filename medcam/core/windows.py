@@ -156,12 +156,64 @@ def predict(
             progress=progress,
         )
     out = result if isinstance(result, Tensor) else next(iter(result.values() if isinstance(result, dict) else result))
-    if tuple(out.shape[2:]) != tuple(x.shape[2:]):
+    check_output_grid(tuple(out.shape[2:]), tuple(x.shape[2:]))
+    return out.float()
+
+
+def check_output_grid(output: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """A segmentation network's output must lie on its input's grid (spatial sizes)."""
+    if output != expected:
         raise UserError(
-            f"the model's output grid {tuple(out.shape[2:])} differs from its input grid {tuple(x.shape[2:])}; "
+            f"the model's output grid {output} differs from its input grid {expected}; "
             "medcam explains segmentation networks whose output matches the input size"
         )
-    return out.float()
+
+
+class BlendedOutputs:
+    """:func:`predict`'s result, stitched from window outputs handed over one batch at a time.
+
+    As ``sliding_window_inference`` blends them: each window's output is multiplied by the
+    importance map in the output's own dtype (MONAI multiplies in place, so a bfloat16
+    output stays bfloat16), added on the padded grid in the input's dtype on the input's
+    device, divided by the sum of importances and cropped. Windows may come in any order
+    (the sum only changes in its last bits).
+    """
+
+    def __init__(self, layout: WindowLayout, samples: int, norm: Tensor, dtype: torch.dtype) -> None:
+        self.layout = layout
+        self.samples = samples
+        self.norm = norm  # on the device the prediction is stitched on
+        self.dtype = dtype
+        self.importance = layout.importance.to(dtype=dtype)
+        self.sum: Tensor | None = None
+
+    @property
+    def channels(self) -> int | None:
+        return None if self.sum is None else int(self.sum.shape[1])
+
+    def add(self, outputs: Tensor, jobs: list[Job]) -> None:
+        """The outputs ``(B, C, *roi)`` of windows ``jobs`` (row ``r`` is window ``jobs[r]``)."""
+        check_output_grid(tuple(outputs.shape[2:]), self.layout.roi)
+        if self.sum is None:
+            shape = (self.samples, outputs.shape[1], *self.layout.padded)
+            self.sum = torch.zeros(shape, dtype=self.dtype, device=self.norm.device)
+        blended = outputs.detach().clone()
+        blended *= self.importance.to(blended.device)
+        blended = blended.to(self.norm.device)
+        for row, (sample, window) in enumerate(jobs):
+            self.sum[(slice(sample, sample + 1), slice(None), *window)] += blended[row : row + 1]
+
+    def shape_only(self) -> Tensor:
+        """A float32 tensor of the padded prediction's shape holding no memory (zeros)."""
+        assert self.sum is not None, "no window output yet"
+        return torch.zeros((), device=self.norm.device).expand(self.sum.shape)
+
+    def result(self) -> Tensor:
+        """The stitched prediction ``(N, C, *spatial)``, float32 (the padded sum is divided in place)."""
+        assert self.sum is not None, "no window output yet"
+        total, self.sum = self.sum, None
+        total /= self.norm
+        return total[(slice(None), slice(None), *self.layout.crop)].float()
 
 
 def at(sample: int, window: Window) -> tuple[Any, ...]:
@@ -174,6 +226,10 @@ class WeightedLogits(BoundTarget):
     """The linear window target: ``score = sum over channels and pixels of weights * output``."""
 
     weights: Tensor | None = None
+
+    @property
+    def linear(self) -> bool:
+        return type(self).score is WeightedLogits.score  # fixed weights times the output
 
     def score(self, output: Tensor) -> Tensor:
         if self.weights is None:  # pragma: no cover - always constructed with weights

@@ -3,6 +3,7 @@
     checkpoint --load_model--> model + metadata (labels, regions, preprocessing, patch)
     image --load_volume--> Volume --prepare--> model grid --predict (sliding window)--> Y
     Y + --pixels--> M --sliding_window_cam (method, layers)--> maps on the model grid
+      (M given and a one-class target: Y is stitched from the CAM's own window passes instead)
     maps --invert the preprocessing--> maps on the ORIGINAL grid --save--> output folder
 
 The functions take the CLI's names: ``explain_case(volume=..., class_name=..., model=...,
@@ -38,6 +39,7 @@ from medcam.models.loading import LoadedModel, ModelSource, check_device, load_m
 from medcam.models.nnunet import NNUNetBundle
 from medcam.pipeline.nnunet import NNUNetWindow, fold_cam, predict_nnunet
 from medcam.pipeline.options import ExplainOptions
+from medcam.pipeline.window_prediction import own_prediction
 from medcam.pipeline.windows import predict, sliding_window_cam
 from medcam.review import summary as record
 from medcam.review.bundle import VolumeExplanation
@@ -61,6 +63,11 @@ class _Clock:
         now = time.perf_counter()
         self.timings[name] = round(now - self.last, 3)
         self.last = now
+
+    def move(self, seconds: float, source: str, destination: str) -> None:
+        """Count ``seconds`` of stage ``source`` under ``destination`` (work one stage did for another)."""
+        self.timings[source] = round(self.timings[source] - seconds, 3)
+        self.timings[destination] = round(self.timings[destination] + seconds, 3)
 
 
 @dataclass
@@ -271,31 +278,42 @@ def _cam(
         window = _window(loaded, options)
         nnunet = isinstance(window, NNUNetWindow)
         for_prediction, for_cam = stages(torch.device(device), options.precision)
-        with autocast(device, for_prediction):
-            if isinstance(window, NNUNetWindow):
-                prediction = predict_nnunet(model, x.to(device), window).to(x.device)
-            else:
-                prediction = predict(model, x, window, progress=options.progress)
-        clock.lap("predict")
-        bound = _bind(target, prediction, choice, definition, path)
-        explain_windows = fold_cam if nnunet else sliding_window_cam  # fold_cam: every fold's copy of a layer
-        with autocast(device, for_cam):
-            result = explain_windows(
-                model,
-                x,
-                cam,
-                bound,
-                layers,
-                window,
-                post=options.post,
-                prediction=prediction,
-                progress=options.progress,
-            )
+        if not nnunet and for_prediction == for_cam and own_prediction(target):
+            # the CAM pass stitches the prediction from its own windows (pipeline/window_prediction.py);
+            # not when the two stages run in different precisions (--precision auto with native bfloat16)
+            clock.lap("predict")
+            with autocast(device, for_cam):
+                result = sliding_window_cam(
+                    model, x, cam, target, layers, window, post=options.post, progress=options.progress
+                )
+            prediction, bound = result.output, result.target
+        else:
+            with autocast(device, for_prediction):
+                if isinstance(window, NNUNetWindow):
+                    prediction = predict_nnunet(model, x.to(device), window).to(x.device)
+                else:
+                    prediction = predict(model, x, window, progress=options.progress)
+            clock.lap("predict")
+            bound = _bind(target, prediction, choice, definition, path)
+            explain_windows = fold_cam if nnunet else sliding_window_cam  # fold_cam: every fold's copy of a layer
+            with autocast(device, for_cam):
+                result = explain_windows(
+                    model,
+                    x,
+                    cam,
+                    bound,
+                    layers,
+                    window,
+                    post=options.post,
+                    prediction=prediction,
+                    progress=options.progress,
+                )
         labels = labels_from_logits(prediction, meta.activation, dtype=label_dtype(prediction.shape[1]))
         # the segmentation nnUNetv2_predict writes, made from the logits by nnU-Net's export
         exported = grid.segmentation_to_source(prediction) if isinstance(grid, NNUNetInput) else None
         del prediction  # the stitched logits are the largest array; free them before inverting
         clock.lap("cam")
+        clock.move(result.prediction_seconds, "cam", "predict")  # passes the CAM stage ran for the prediction
         return _GridResult(result.maps, result.extras, bound, result.stats, result.method_stats, labels, {}, exported)
     with autocast(device, stages(torch.device(device), options.precision)[1]):
         exp = explain(model, x.to(device), cam, target, layers, relu=options.relu, normalize=options.normalization)

@@ -1,7 +1,10 @@
 """Sliding-window prediction and the one sliding-window CAM loop, for volumes larger than the model's patch.
 
 Prediction is MONAI's ``sliding_window_inference``: the stitched output is the
-importance-weighted average of the window outputs (:mod:`medcam.core.windows`). A
+importance-weighted average of the window outputs (:mod:`medcam.core.windows`); when the
+target's score is linear in the output and M is known without the prediction, the loop
+stitches it from the CAM pass's own window outputs instead
+(:mod:`medcam.pipeline.window_prediction`). A
 segmentation target ``S = sum over p in M of f(Y(p))`` is explained window by window:
 each window that meets M gets its exact share of ``S`` as a linear target
 (:func:`~medcam.core.windows.window_weights`), one forward and one backward pass;
@@ -22,12 +25,17 @@ method's business (the window protocol, :class:`medcam.methods.base.WindowStitch
   clean pass over every window (:mod:`medcam.methods.region_windows`).
 * a method without a stitcher (it scores whole inputs) runs once on the whole padded
   volume when it fits in one window, and otherwise stops with an error that says so.
+
+Why one module of this size: the loop, the passes it offers the stitchers and the
+masked-volume scorer share one call's state (the padded input, M, the window jobs);
+apart, each would reach into the others' internals.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,7 +46,7 @@ from torch import Tensor, nn
 from medcam.core.hooks import OutputSelector, evaluation_mode
 from medcam.core.ops import finalize
 from medcam.core.probe import Probe
-from medcam.core.targets import BoundTarget, Target
+from medcam.core.targets import BoundTarget, SegmentationTarget, Target
 from medcam.core.windows import (
     Job,
     SlidingWindow,
@@ -62,6 +70,13 @@ from medcam.methods.base import (
     WindowStitcher,
     window_combine,
 )
+from medcam.pipeline.window_prediction import (
+    FROM_CAM_WINDOWS,
+    SEPARATE_PASS,
+    OwnPrediction,
+    WindowProbe,
+    own_prediction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +94,7 @@ class WindowCAMResult:
     extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # windows: counts, size, overlap, blending
     method_stats: dict[str, Any] = field(default_factory=dict)  # what the method reports
+    prediction_seconds: float = 0.0  # spent here on passes for the prediction alone
 
 
 def window_stats(layout: WindowLayout, window: SlidingWindow, *, windows: int, with_backward: int) -> dict[str, Any]:
@@ -109,26 +125,60 @@ def sliding_window_cam(
     """Explain ``target`` on the stitched prediction of ``x`` ``(N, C, *spatial)`` window by window.
 
     ``prediction`` (the stitched output from :func:`predict`) is reused when given.
+    Without it, the prediction is stitched from the CAM pass's own window outputs when
+    that is exact (:func:`own_prediction`): the window weights of a score linear in the
+    output do not depend on the output, so no separate prediction pass runs first; the
+    windows that miss M run one forward without gradients. A stitcher that does not run
+    the windows of M through :meth:`WindowPasses.target_batches` (region and ensemble
+    methods) or a method without one gets a separate prediction pass, as with a
+    prediction-dependent M. Both passes run in the caller's precision (autocast).
     Memory is bounded by one window batch plus what the method stitches on the model grid.
     """
     post = post or PostProcessing()
-    if prediction is None:
-        prediction = predict(model, x, window, output=output, progress=False)
-    bound = target if isinstance(target, BoundTarget) else target.bind(prediction)
-    if not bound.is_segmentation:
-        raise UserError("sliding-window CAM explains segmentation targets; for a classifier use medcam.explain")
     layout = window.layout(tuple(x.shape[2:]))
+    spent = 0.0
     with evaluation_mode(model):
-        probe = Probe(model, output)
+        probe = WindowProbe(model, output)
         padded_x = layout.pad_input(x, window.padding_mode, window.cval)
-        importance = layout.importance.to(prediction.device)
-        norm = layout.norm().to(prediction.device)
+        device = x.device if prediction is None else prediction.device
+        importance = layout.importance.to(device)
+        norm = layout.norm().to(device)
         first = padded_x[(slice(0, 1), slice(None), *layout.slices[0])]
+        own = None
+        on_grid = False
+        if prediction is None and own_prediction(target):
+            own = OwnPrediction(probe, layout, x.shape[0], norm, padded_x.dtype)
+            if isinstance(target, BoundTarget):
+                bound = target
+            else:
+                assert isinstance(target, SegmentationTarget)  # own_prediction says so
+                bound = target.bind_on_grid(x.shape[0], layout.spatial, device)
+                on_grid = True
+        else:
+            if prediction is None:
+                start = time.perf_counter()
+                prediction = predict(model, x, window, output=output, progress=False)
+                spent += time.perf_counter() - start
+            bound = target if isinstance(target, BoundTarget) else target.bind(prediction)
+        if not bound.is_segmentation:
+            raise UserError("sliding-window CAM explains segmentation targets; for a classifier use medcam.explain")
         context = WindowContext(layout, x.shape[0], bound, layers, post, importance, norm, first)
         stitcher = method.window_stitcher(context)
+        if own is not None and (stitcher is None or type(stitcher).run is not WindowStitcher.run):
+            # its passes are not one per batch of windows meeting M (target_batches): predict separately
+            start = time.perf_counter()
+            prediction = predict(model, x, window, output=output, progress=False)
+            spent += time.perf_counter() - start
+            own = None
         if stitcher is None:
-            return _whole_volume(probe, x, method, bound, layers, layout, post, prediction)
-        return _windows(probe, padded_x, stitcher, bound, layout, window, context, prediction, progress)
+            assert prediction is not None
+            found = _whole_volume(probe, x, method, bound, layers, layout, post, prediction)
+        else:
+            found = _windows(probe, padded_x, stitcher, bound, layout, window, context, prediction, own, progress)
+        if on_grid and own is None:  # bound without an output, predicted separately: bind's checks on it
+            assert isinstance(target, SegmentationTarget)
+            found = replace(found, target=target.bind(found.output))  # the same M: it is given
+        return replace(found, prediction_seconds=found.prediction_seconds + spent)
 
 
 def _whole_volume(
@@ -158,45 +208,71 @@ def _whole_volume(
         for alias, m in raw.maps.items()
     }
     extras = {name: {alias: t[crop] for alias, t in per.items()} for name, per in raw.extras.items()}
-    stats = {"windows": 1, "windows_with_backward": 1, "roi_size": list(layout.roi), "decomposed": False}
+    stats = {
+        "windows": 1,
+        "windows_with_backward": 1,
+        "roi_size": list(layout.roi),
+        "decomposed": False,
+        "prediction": SEPARATE_PASS,
+    }
     return WindowCAMResult(maps, bound, prediction, extras, stats, dict(raw.stats))
 
 
 def _windows(
-    probe: Probe,
+    probe: WindowProbe,
     padded_x: Tensor,
     stitcher: WindowStitcher,
     bound: BoundTarget,
     layout: WindowLayout,
     window: SlidingWindow,
     context: WindowContext,
-    prediction: Tensor,
+    prediction: Tensor | None,
+    own: OwnPrediction | None,
     progress: bool,
 ) -> WindowCAMResult:
-    """The window loop: skip the windows that miss M, let the method run its passes over the others."""
+    """The window loop: skip the windows that miss M, let the method run its passes over the others.
+
+    With ``own`` (and no ``prediction``) the loop stitches the prediction: the windows
+    that miss M run forward without gradients first, then each batch of windows meeting M
+    gives the output of the stitcher's own pass on it (:mod:`medcam.pipeline.window_prediction`).
+    """
     assert bound.mask is not None
     n = context.samples
-    mask = layout.pad_like(bound.mask.to(prediction.device).bool())  # bool: 1 byte per voxel
+    mask = layout.pad_like(bound.mask.to(context.norm.device).bool())  # bool: 1 byte per voxel
     jobs: list[Job] = []
+    missing: list[Job] = []
     for b in range(n):
         for w in layout.slices:
             if bool(mask[at(b, w)].any()):
                 jobs.append((b, w))
             else:
                 stitcher.skip(b, w)
-    passes = _Passes(probe, padded_x, bound, layout, window, context, prediction, mask, jobs, progress)
+                missing.append((b, w))
+    passes = _Passes(probe, padded_x, bound, layout, window, context, prediction, mask, jobs, progress, own)
+    if own is not None:
+        own.forward_only(missing, passes.patches, window.batch_size, progress)
     stitcher.run(passes)
     found = stitcher.finish()
-    device = padded_x.device
     stats = window_stats(layout, window, windows=len(layout.slices) * n, with_backward=len(jobs))
+    seconds = 0.0
+    if own is not None:
+        prediction = own.result()
+        stats["prediction"] = FROM_CAM_WINDOWS
+        stats["windows_forward_only"] = own.forwards
+        seconds = own.seconds
+    else:
+        stats["prediction"] = SEPARATE_PASS
     logger.info("%s: %d of %d windows intersect M", stitcher.label, len(jobs), stats["windows"])
+    out = padded_x.device
+    assert prediction is not None
     return WindowCAMResult(
-        {alias: m.to(device) for alias, m in found.maps.items()},
+        {alias: m.to(out) for alias, m in found.maps.items()},
         bound,
         prediction,
-        {name: {alias: t.to(device) for alias, t in per.items()} for name, per in found.extras.items()},
+        {name: {alias: t.to(out) for alias, t in per.items()} for name, per in found.extras.items()},
         stats,
         found.method_stats,
+        seconds,
     )
 
 
@@ -205,16 +281,17 @@ class _Passes(WindowPasses):
 
     def __init__(
         self,
-        probe: Probe,
+        probe: WindowProbe,
         padded_x: Tensor,
         bound: BoundTarget,
         layout: WindowLayout,
         window: SlidingWindow,
         context: WindowContext,
-        prediction: Tensor,
+        prediction: Tensor | None,
         mask: Tensor,
         jobs: list[Job],
         progress: bool,
+        own: OwnPrediction | None = None,
     ) -> None:
         self.probe = probe
         self.padded_x = padded_x
@@ -227,18 +304,30 @@ class _Passes(WindowPasses):
         self.jobs = jobs
         self.progress = progress
         self.meeting = [[w for b, w in jobs if b == sample] for sample in range(context.samples)]
+        self.own = own  # the prediction stitched from the windows' own outputs
+
+    def patches(self, batch: list[Job]) -> Tensor:
+        """The padded input on windows ``batch``, one row per window."""
+        return torch.cat([self.padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch])
 
     def target_batches(self, rows: int | None, label: str) -> Iterator[tuple[Tensor, WeightedLogits, list[Job]]]:
         from tqdm.auto import tqdm
 
-        bound, context, padded_x, jobs = self.bound, self.context, self.padded_x, self.jobs
-        stitched = self.layout.pad_like(self.prediction.detach())
+        bound, context, jobs, own = self.bound, self.context, self.jobs, self.own
+        if not jobs:
+            return
+        if own is None:
+            assert self.prediction is not None
+            stitched = self.layout.pad_like(self.prediction.detach())
+        else:  # the score is linear: df/dY is the same at every output
+            stitched = own.shape_only(self.patches(jobs[:1]))
+            bound.check_channels(stitched.shape[1])  # bound without an output: its classes checked here
         size = min(rows, self.window.batch_size) if rows else self.window.batch_size
         batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         bar = tqdm(total=len(jobs), desc=label, unit="window", disable=not self.progress, leave=False)
         try:
             for batch in batches:
-                patches = torch.cat([padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch])
+                patches = self.patches(batch)
                 weights = torch.cat(
                     [
                         window_weights(bound, stitched, self.mask, context.importance, context.norm, b, w)
@@ -247,9 +336,15 @@ class _Passes(WindowPasses):
                 )
                 classes = torch.stack([bound.classes[b] for b, _ in batch])
                 target: WeightedLogits = window_target(bound, weights, classes)
+                if own is not None:
+                    own.watch(patches)
                 yield patches, target, batch
+                if own is not None:
+                    own.take(patches, batch)
                 bar.update(len(batch))
         finally:
+            if own is not None:
+                own.watch(None)
             bar.close()
 
     def clean_batches(self) -> Iterator[tuple[Tensor, list[Job]]]:
@@ -257,7 +352,7 @@ class _Passes(WindowPasses):
         size = self.window.batch_size
         for i in range(0, len(every), size):
             batch = every[i : i + size]
-            yield torch.cat([self.padded_x[(slice(b, b + 1), slice(None), *w)] for b, w in batch]), batch
+            yield self.patches(batch), batch
 
     def explain(
         self, method: CAMMethod, x: Tensor, target: BoundTarget, post: PostProcessing
