@@ -125,3 +125,17 @@ def test_bfloat16_autocast_gradients_stay_close() -> None:
         found, _ = _fast(net, x)
     assert found.dtype == expected.dtype
     assert (found.float() - expected.float()).abs().max() <= 2e-2 * expected.float().abs().max()
+
+
+def test_the_backward_uses_the_kernel_of_the_forward_pass() -> None:
+    """A model may swap its weights before the backward (nnU-Net folds loaded one at a time)."""
+    torch.manual_seed(4)
+    conv = nn.Conv3d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5, 5)
+    expected = _reference(conv, x)
+    leaf = x.detach().requires_grad_(True)
+    with conv_input_gradients(conv):
+        out = conv(leaf)
+    conv.load_state_dict({k: torch.zeros_like(v) for k, v in conv.state_dict().items()}, assign=True)
+    found = torch.autograd.grad(out.square().sum(), leaf)[0]
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()

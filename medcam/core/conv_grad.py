@@ -67,11 +67,14 @@ def eligible(module: nn.Module) -> bool:
     return False
 
 
-def input_gradient(module: _ConvNd, grad: Tensor) -> Tensor:
-    """``d(score)/d(input)`` of an :func:`eligible` convolution, from ``grad = d(score)/d(output)``."""
+def input_gradient(module: _ConvNd, grad: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``d(score)/d(input)`` of an :func:`eligible` convolution, from ``grad = d(score)/d(output)``.
+
+    ``weight``: the kernel the forward pass used (default: the module's current one).
+    """
     dims = grad.dim() - 2
     conv = _FORWARD[dims]
-    weight = module.weight.detach().to(grad.dtype)
+    weight = (module.weight if weight is None else weight).detach().to(grad.dtype)
     groups = module.groups
     if type(module) in _TRANSPOSED:
         return conv(
@@ -115,12 +118,15 @@ class _ConvInputGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, inputs: Tensor, computed: _Computed, module: _ConvNd) -> Tensor:
         ctx.module = module
+        # the kernel as used now: a model may swap its weights before the backward pass
+        # (nnU-Net folds loaded one at a time), as autograd's own saved tensors allow
+        ctx.weight = module.weight.detach()
         ctx.input_dtype = inputs.dtype
         return computed.output
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        return input_gradient(ctx.module, grad.contiguous()).to(ctx.input_dtype), None, None
+        return input_gradient(ctx.module, grad.contiguous(), ctx.weight).to(ctx.input_dtype), None, None
 
 
 class _Hooks:
