@@ -54,12 +54,7 @@ def identify(python: Path) -> dict[str, str]:
         "'torch': torch.__file__, 'torch_version': torch.__version__, 'prefix': sys.prefix, "
         "'ours': hasattr(medcam, 'explain')}))"
     )
-    done = subprocess.run(
-        [str(python), "-c", code], env=_clean_env(), capture_output=True, text=True, cwd="/", check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the peer environment does not import: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _report(python, code, "the peer environment")
 
 
 def _link_project_site(python: Path, env: dict[str, str]) -> None:
@@ -111,11 +106,16 @@ def identify_nnunet_cam(python: Path) -> dict[str, str]:
         "'torch': torch.__file__, 'torch_version': torch.__version__, 'nnunetv2_version': md.version('nnunetv2'), "
         "'grad_cam_version': md.version('grad-cam'), 'prefix': sys.prefix}))"
     )
+    return _report(python, code, "the nnunetv2-cam environment")
+
+
+def _report(python: Path, code: str, what: str) -> dict[str, str]:
+    """Run ``code`` (which prints one JSON line) in ``python``, away from this checkout."""
     done = subprocess.run(
         [str(python), "-c", code], env=_clean_env(), capture_output=True, text=True, cwd="/", check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the nnunetv2-cam environment does not import: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"{what} does not import: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
