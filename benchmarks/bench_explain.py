@@ -21,6 +21,7 @@ bf16 <= 1.0x and fp32 <= 1.3x MONAI's fp32 inference alone, peak RSS <= 3 GB; M 
     python benchmarks/bench_explain.py                          # 512 x 512 x 200, 96^3 windows
     python benchmarks/bench_explain.py --quick                  # 256 x 256 x 100, 64^3 windows
     python benchmarks/bench_explain.py --precision fp32,bf16    # each explain job in both
+    python benchmarks/bench_explain.py --window-batch 1,2,4     # each explain job per window batch
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def worker_inference(files: dict[str, str]) -> dict[str, float]:
     return {"seconds": seconds, "voxels_labelled": float(labels.numel())}
 
 
-def worker_explain(files: dict[str, str], pixels: str, out: Path, precision: str) -> dict[str, float]:
+def worker_explain(files: dict[str, str], pixels: str, out: Path, precision: str, batch: int) -> dict[str, float]:
     import monai  # noqa: F401  (imported before the clock, as in the inference worker)
 
     from medcam.pipeline import explain_case
@@ -137,7 +138,7 @@ def worker_explain(files: dict[str, str], pixels: str, out: Path, precision: str
     start = time.perf_counter()
     explain_case(
         files["image"], out, class_name="tumor", model=files["model"], pixels=pixels, precision=precision,
-        overwrite=True,
+        window_batch=batch, overwrite=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(HERE / "out" / "explain"), help="work folder")
     parser.add_argument("--precision", default="fp32", help="comma-separated explain precisions (fp32,bf16,auto)")
     parser.add_argument("--pixels", default="tumour,image", help="comma-separated jobs: tumour, image")
+    parser.add_argument("--window-batch", default="1", help="comma-separated --window-batch values of explain")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -172,7 +174,7 @@ def main() -> None:
         if kind == "inference":
             result = worker_inference(files)
         else:
-            result = worker_explain(files, args.worker[2], Path(args.worker[3]), args.worker[4])
+            result = worker_explain(files, args.worker[2], Path(args.worker[3]), args.worker[4], int(args.worker[5]))
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print(json.dumps(result))
         return
@@ -186,9 +188,12 @@ def main() -> None:
     for name in args.pixels.split(","):
         label, pixels = jobs[name]
         for precision in args.precision.split(","):
-            out = str(work / f"out_{name}_{precision}")
-            result = run_worker(["explain", payload, pixels, out, precision])
-            rows.append((f"medcam explain, {label}, {precision}", result, result["seconds"] / infer["seconds"]))
+            for batch in args.window_batch.split(","):
+                out = str(work / f"out_{name}_{precision}_{batch}")
+                result = run_worker(["explain", payload, pixels, out, precision, batch])
+                tag = f", window batch {batch}" if "," in args.window_batch else ""
+                ratio = result["seconds"] / infer["seconds"]
+                rows.append((f"medcam explain, {label}, {precision}{tag}", result, ratio))
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"phantom {shape[2]} x {shape[1]} x {shape[0]} voxels (KiTS IPL), 3D U-Net (16-32-64-128), window {patch}^3")
     print(f"load average at the end: {load}")
