@@ -139,3 +139,17 @@ def test_the_backward_uses_the_kernel_of_the_forward_pass() -> None:
     conv.load_state_dict({k: torch.zeros_like(v) for k, v in conv.state_dict().items()}, assign=True)
     found = torch.autograd.grad(out.square().sum(), leaf)[0]
     assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_a_transposed_convolution_given_its_output_size_is_left_to_autograd() -> None:
+    torch.manual_seed(5)
+    up = nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, dilation=3)
+    x = torch.randn(1, 2, 5, 5)
+    for call in ({"output_size": [13, 14]}, {}):
+        leaf = x.detach().requires_grad_(True)
+        expected = torch.autograd.grad(up(leaf, **call).square().sum(), leaf)[0]
+        leaf = x.detach().requires_grad_(True)
+        with conv_input_gradients(up):
+            out = up(leaf, **call)
+        found = torch.autograd.grad(out.square().sum(), leaf)[0]
+        assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()

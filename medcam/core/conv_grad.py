@@ -135,9 +135,11 @@ class _Hooks:
     def __init__(self) -> None:
         self.stack: dict[int, list[bool]] = {}
 
-    def before(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = args[0] if args else None
-        active = isinstance(x, Tensor) and torch.is_grad_enabled() and x.requires_grad
+        # a transposed convolution given ``output_size`` may pad its output beyond its stride
+        sized = len(args) > 1 or kwargs.get("output_size") is not None
+        active = isinstance(x, Tensor) and torch.is_grad_enabled() and x.requires_grad and not sized
         self.stack.setdefault(id(module), []).append(active)
         if active:
             torch.set_grad_enabled(False)  # the convolution itself records nothing
@@ -161,7 +163,7 @@ def conv_input_gradients(model: nn.Module) -> Iterator[int]:
     try:
         for module in model.modules():
             if eligible(module):
-                handles.append(module.register_forward_pre_hook(hooks.before))
+                handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
                 handles.append(module.register_forward_hook(hooks.after, prepend=True))
         yield len(handles) // 2
     finally:
