@@ -58,7 +58,7 @@ def spearman(a, b) -> float:
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
 
 
-def demo(batch_size: int) -> None:
+def demo(batch_size: int, layer: str) -> None:
     import torch
 
     from medcam.data.synthetic import write_kits_case
@@ -77,7 +77,9 @@ def demo(batch_size: int) -> None:
         def explain(method: str, **options):
             opts = {"batch_size": batch_size, **options}
             start = time.perf_counter()
-            found = explain_volume(case, class_name=DEMO_CLASS, model=loaded, method=method, method_options=opts)
+            found = explain_volume(
+                case, class_name=DEMO_CLASS, model=loaded, method=method, method_options=opts, layer=layer
+            )
             total = time.perf_counter() - start
             return found, total
 
@@ -92,12 +94,16 @@ def demo(batch_size: int) -> None:
         note(f"floor bf16 {floors['bf16'][-1]:.4f} s/row")
         runs["scorecam bf16"] = explain("scorecam", precision="bf16")
         note(f"scorecam bf16 cam {runs['scorecam bf16'][0].summary['timings_s']['cam']} s")
-        runs["fusioncam fp32"] = explain("fusioncam")
+        # the variant that runs over windows (segmentation's own default needs the whole volume in one window)
+        runs["fusioncam fp32"] = explain("fusioncam", variant="normalised")
         note(f"fusioncam fp32 cam {runs['fusioncam fp32'][0].summary['timings_s']['cam']} s")
         floors["fp32"].append(forward_floor(model, roi, batch_size, "fp32"))
         note(f"floor fp32 {floors['fp32'][-1]:.4f} s/row")
     threads = torch.get_num_threads()
-    print(f"demo phantom, demo model (window {roi}), class {DEMO_CLASS}, batch_size {batch_size}, {threads} threads")
+    print(
+        f"demo phantom, demo model (window {roi}), class {DEMO_CLASS}, layer {layer}, batch_size {batch_size}, "
+        f"{threads} threads"
+    )
     print()
     print(
         "| job | CAM stage (s) | scored channels | windows meeting M / all | masked passes | floor (s) | CAM / floor |"
@@ -133,9 +139,10 @@ def worker_explain(files: dict[str, str], method: str, out: Path) -> dict[str, f
     from medcam.pipeline import explain_case
 
     start = time.perf_counter()
+    options = {"variant": "normalised"} if method == "fusioncam" else {}  # the variant computed over windows
     explain_case(
         files["image"], out, class_name="tumor", model=files["model"], method=method,
-        pixels=f"mask:{files['mask']}", overwrite=True,
+        pixels=f"mask:{files['mask']}", method_options=options, overwrite=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
@@ -195,6 +202,7 @@ def main() -> None:
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="kits: 256 x 256 x 100, 64^3 windows")
     parser.add_argument("--methods", default="scorecam,fusioncam", help="kits: methods to run")
+    parser.add_argument("--layer", default="auto", help="demo: the explained layer (e.g. levels:bottleneck)")
     parser.add_argument("--batch-size", type=int, default=16, help="demo: the methods' batch_size")
     args = parser.parse_args()
     import logging
@@ -202,7 +210,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("medcam.cost").setLevel(logging.INFO)  # the announced cost, on stderr
     if args.what == "demo":
-        demo(args.batch_size)
+        demo(args.batch_size, args.layer)
     elif args.what == "kits":
         kits(args.quick, args.methods.split(","))
     else:
