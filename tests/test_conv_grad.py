@@ -145,11 +145,12 @@ def test_a_transposed_convolution_given_its_output_size_is_left_to_autograd() ->
     torch.manual_seed(5)
     up = nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, dilation=3)
     x = torch.randn(1, 2, 5, 5)
-    for call in ({"output_size": [13, 14]}, {}):
+    for call, wrapped in (({"output_size": [13, 14]}, False), ({}, True)):
         leaf = x.detach().requires_grad_(True)
         expected = torch.autograd.grad(up(leaf, **call).square().sum(), leaf)[0]
         leaf = x.detach().requires_grad_(True)
         with conv_input_gradients(up):
             out = up(leaf, **call)
+        assert (type(out.grad_fn).__name__ == "_ConvInputGradBackward") is wrapped, call
         found = torch.autograd.grad(out.square().sum(), leaf)[0]
         assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
