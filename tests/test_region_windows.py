@@ -57,7 +57,14 @@ def predicted_probability(net, volume_, window, cls: int, mask: torch.Tensor) ->
     return float(predict(net, volume_, window).softmax(dim=1)[0, cls][mask].mean())
 
 
-def brute_scorecam(net, x, layer, cls, mask, window) -> torch.Tensor:
+def top_voxels(a: torch.Tensor, fraction: float) -> torch.Tensor:
+    """1 on the ``fraction`` highest voxels of ``a`` (ties kept, never its minimum), else 0: a sort."""
+    keep = max(1, round(fraction * a.numel()))
+    threshold = a.flatten().sort(descending=True).values[keep - 1]
+    return ((a >= threshold) & (a > a.min())).float()
+
+
+def brute_scorecam(net, x, layer, cls, mask, window, top: float | None = None) -> torch.Tensor:
     layout = window.layout(tuple(x.shape[2:]))
     maps = stitched(window_activations(net, layout.pad_input(x), layer, layout), layout)
     raw = torch.zeros(x.shape[2:])
@@ -65,7 +72,8 @@ def brute_scorecam(net, x, layer, cls, mask, window) -> torch.Tensor:
         low, high = a.min(), a.max()
         if high == low:
             continue
-        score = predicted_probability(net, x * ((a - low) / (high - low)), window, cls, mask)
+        h = (a - low) / (high - low) if top is None else top_voxels(a, top)
+        score = predicted_probability(net, x * h, window, cls, mask)
         raw += score * a
     return finalize(raw[None], tuple(x.shape[2:]), relu=True, normalization="minmax")
 
@@ -127,7 +135,10 @@ def brute_groupcam(net, x, layer, cls, mask, window, groups) -> torch.Tensor:
         # the ensembles' gradient part is stitched like the gradient methods' raw maps (ReLU after upsampling),
         # which equals the direct computation where upsampling is the identity
         ("unioncam", OUTPUT, {}),
-        # the segmentation variant of Fusion-CAM runs on whole inputs only; the normalised one over windows
+        ("scorecam", BOTTLENECK, {"mask": "binary", "mask_top": 0.1}),
+        ("groupcam", BOTTLENECK, {"groups": 3, "mask": "binary"}),
+        ("fusioncam", OUTPUT, {}),  # the segmentation variant, its guard included
+        ("fusioncam", OUTPUT, {"mask": "binary", "mask_top": 0.2, "tolerance": 0.0}),
         ("fusioncam", OUTPUT, {"variant": "normalised"}),
         ("fusioncam", OUTPUT, {"variant": "normalised", "region": "groupcam", "groups": 2, "baseline": "mean"}),
     ],
@@ -163,6 +174,18 @@ def test_scorecam_over_windows_equals_the_sliding_window_predictor_by_brute_forc
         window,
     )
     expected = brute_scorecam(net, x, BOTTLENECK, 1, mask, window)
+    assert result.stats["windows"] > result.stats["windows_with_backward"] > 1
+    torch.testing.assert_close(result.maps["b"][0], expected[0], rtol=0, atol=TOL)
+
+
+def test_binary_masks_over_windows_rank_each_channel_over_the_whole_volume() -> None:
+    torch.set_num_threads(1)
+    net, x = tiny_unet(), volume((20, 16, 6))
+    mask = box_mask((20, 16, 6), (2, 3, 1), (9, 10, 5))
+    window = SlidingWindow((8, 8, 8), overlap=0.5)
+    method = create_method("scorecam", mask="binary", mask_top=0.2, **CLASSIC_SCORECAM)
+    result = sliding_window_cam(net, x, method, SegmentationTarget(1, pixels=mask), {"b": BOTTLENECK}, window)
+    expected = brute_scorecam(net, x, BOTTLENECK, 1, mask, window, top=0.2)
     assert result.stats["windows"] > result.stats["windows_with_backward"] > 1
     torch.testing.assert_close(result.maps["b"][0], expected[0], rtol=0, atol=TOL)
 
@@ -237,6 +260,27 @@ def test_small_memory_budgets_give_the_same_map(monkeypatch: pytest.MonkeyPatch)
             torch.testing.assert_close(tight.maps[alias], roomy.maps[alias], rtol=0, atol=TOL)
 
 
+def test_a_large_feature_cache_is_kept_in_float16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past EXACT_CACHE_BYTES the windows' activations are cached in float16 (half the memory), unless a
+    window exceeds float16's range; the map moves by float16 rounding only."""
+    torch.set_num_threads(1)
+    net, x = tiny_unet(), volume((20, 16, 12))
+    target = SegmentationTarget(1, pixels=box_mask((20, 16, 12), (2, 3, 1), (12, 10, 7)))
+    window = SlidingWindow((8, 8, 8), overlap=0.25)
+    layers = {"b": BOTTLENECK}
+    exact = sliding_window_cam(net, x, create_method("scorecam"), target, layers, window)
+    assert exact.method_stats["feature_cache"] == "float32"
+    with monkeypatch.context() as patch:
+        patch.setattr(region_windows, "EXACT_CACHE_BYTES", 0)
+        half = sliding_window_cam(net, x, create_method("scorecam"), target, layers, window)
+        patch.setattr(region_windows, "HALF_MAX", 0.0)  # every window out of range: kept in float32
+        kept = sliding_window_cam(net, x, create_method("scorecam"), target, layers, window)
+    assert half.method_stats["feature_cache"] == "float16"
+    assert not torch.equal(half.maps["b"], exact.maps["b"])
+    torch.testing.assert_close(half.maps["b"], exact.maps["b"], rtol=0, atol=2e-3)
+    torch.testing.assert_close(kept.maps["b"], exact.maps["b"], rtol=0, atol=0)
+
+
 def test_softmax_over_channels_stays_a_whole_input_variant() -> None:
     net, x = tiny_unet(), volume((24, 16, 16))
     with pytest.raises(WindowError, match="window by window"):
@@ -258,8 +302,7 @@ def test_medcam_explain_runs_region_methods_on_a_volume_larger_than_the_window(
 
     out = tmp_path / method
     argv = ["explain", "--volume", str(kits_case), "--model", str(kits_model), "--class", "kidney"]
-    options = ["--method-option", "variant=normalised"] if method == "fusioncam" else []
-    code = main([*argv, "--method", method, *options, "--out", str(out), "--no-progress"])
+    code = main([*argv, "--method", method, "--out", str(out), "--no-progress"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sliding_window"]["windows"] > 1
@@ -338,10 +381,38 @@ def test_levels_and_folder_batches_run_region_methods_over_windows(
     assert json.loads(summaries[0].read_text())["method"]["options"]["batch_size"] == 4
 
 
-def test_fusioncam_segmentation_variant_runs_on_whole_inputs_only() -> None:
+def test_fusioncam_segmentation_variant_over_windows_scores_its_guard_with_the_predictor() -> None:
+    """The guard's clean and keep-top-k scores are the sliding-window predictor's on the masked volumes."""
+    torch.set_num_threads(1)
+    net, x = tiny_unet(), volume((20, 16, 12))
+    mask = box_mask((20, 16, 12), (2, 3, 1), (12, 10, 7))
+    window = SlidingWindow((8, 8, 8), overlap=0.25)
+    target = SegmentationTarget(1, pixels=mask)
+    found = sliding_window_cam(net, x, create_method("fusioncam", tolerance=0.0), target, {"l": OUTPUT}, window)
+    stats = found.method_stats
+    assert found.stats["windows"] > found.stats["windows_with_backward"] > 1 and stats["variant"] == "segmentation"
+    clean = predicted_probability(net, x, window, 1, mask)
+    betas = stats["betas"]["l"]
+    assert betas["clean"][0] == pytest.approx(clean, abs=TOL)
+    # the segmentation masking shows voxels over air (the "min" baseline) ...
+    base = torch.full_like(x, float(x.min()))
+    # ... and keep-top-k keeps k = 1 and 4 x |M| voxels of a map: the final map is the kept one
+    reason = stats["fallback"]["l"][0]
+    assert reason in ("fused", "fused map scores below the gradient map")
+    keeps = []
+    for k in (1.0, 4.0):
+        h = top_voxels(found.maps["l"][0], k * float(mask.sum()) / mask.numel())
+        keeps.append(predicted_probability(net, base + h * (x - base), window, 1, mask))
+    kept = betas["keep_fused" if reason == "fused" else "keep_gradient"][0]
+    assert kept == pytest.approx(sum(keeps) / 2, abs=TOL)
+    assert bool(torch.isfinite(found.maps["l"]).all()) and float(found.maps["l"].max()) == pytest.approx(1.0)
+
+
+def test_fusioncam_paper_variant_runs_on_whole_inputs_only() -> None:
     net, x = tiny_unet(), volume((24, 16, 16))
     target = SegmentationTarget(1, pixels="image")
-    with pytest.raises(WindowError, match="variant='segmentation' is not computed over sliding windows"):
-        sliding_window_cam(net, x, create_method("fusioncam"), target, {"l": OUTPUT}, SlidingWindow((8, 8, 8)))
-    fits = sliding_window_cam(net, x, create_method("fusioncam"), target, {"l": OUTPUT}, SlidingWindow(None))
+    paper = create_method("fusioncam", variant="paper")
+    with pytest.raises(WindowError, match="variant='paper' is not computed over sliding windows"):
+        sliding_window_cam(net, x, paper, target, {"l": OUTPUT}, SlidingWindow((8, 8, 8)))
+    fits = sliding_window_cam(net, x, paper, target, {"l": OUTPUT}, SlidingWindow(None))
     assert fits.stats["windows"] == 1 and not fits.stats["decomposed"]

@@ -60,7 +60,7 @@ from medcam.methods.region import (
     ScoreQueue,
     check_region_options,
 )
-from medcam.methods.region_windows import EnsembleWindowStitcher, whole_input_only
+from medcam.methods.region_windows import EnsembleWindowStitcher, Fusion, whole_input_only
 
 GRADIENT_PARTS: dict[str, type[GradientMethod]] = {
     GradCAM.name: GradCAM,
@@ -214,16 +214,14 @@ class EnsembleMethod(CAMMethod):
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
         """Over sliding windows: :class:`~medcam.methods.region_windows.EnsembleWindowStitcher`.
 
-        It computes the union and the normalised similarity fusion with soft masks; the
-        segmentation variant of Fusion-CAM and binary masks run on whole inputs only.
+        It computes the union and Fusion-CAM's normalised and segmentation variants, with
+        soft or binary masks; the paper variant runs on whole inputs only.
         """
         segmentation = context.target.is_segmentation
         mask, baseline = self.resolved_masking(segmentation)
         unsupported = self.window_unsupported(segmentation)
-        if mask == "binary" or unsupported:
-            reason = unsupported or "binary masks"
-            fix = "--method-option mask=soft" if mask == "binary" else "--method-option variant=normalised"
-            whole_input_only(self.name, reason, fix, context)
+        if unsupported:
+            whole_input_only(self.name, unsupported, "--method-option variant=normalised", context)
             return None
         return EnsembleWindowStitcher(
             context,
@@ -232,10 +230,16 @@ class EnsembleMethod(CAMMethod):
             gradient=self.window_gradient(),
             theta=self.theta,
             baseline=baseline,
+            top=self.masking.top if mask == "binary" else None,
+            fusion=self.window_fusion(segmentation),
         )
 
     def window_unsupported(self, segmentation: bool) -> str | None:
         """What of this method's configuration the windowed computation does not cover (``None``: all of it)."""
+        return None
+
+    def window_fusion(self, segmentation: bool) -> Fusion | None:
+        """Fusion-CAM's variant over windows (``None``: not a fusion)."""
         return None
 
     @abstractmethod
@@ -334,7 +338,10 @@ class FusionCAM(EnsembleMethod):
 
     def window_unsupported(self, segmentation: bool) -> str | None:
         variant = self.resolved_variant(segmentation)
-        return None if variant == "normalised" else f"variant={variant!r}"
+        return f"variant={variant!r}" if variant == "paper" else None
+
+    def window_fusion(self, segmentation: bool) -> Fusion | None:
+        return Fusion(self.resolved_variant(segmentation), self.tolerance, GUARD_MULTIPLES)
 
     def ensemble(
         self,

@@ -45,7 +45,7 @@ from medcam.core.probe import Capture, Probe
 from medcam.core.targets import BoundTarget, Target
 from medcam.errors import UserError
 from medcam.methods.base import CAMMethod, MethodResult, PostProcessing, WindowContext, WindowStitcher
-from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion, whole_input_only
+from medcam.methods.region_windows import RegionWindowStitcher, WindowRegion
 
 logger = logging.getLogger(__name__)
 
@@ -534,7 +534,7 @@ class ScoreCAM(RegionMethod):
 
     def window_region(self, segmentation: bool = False) -> WindowRegion:
         """Score-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`), as for the target."""
-        _, spec = self.masking.resolve(segmentation)
+        mask, spec = self.masking.resolve(segmentation)
         increase = self.resolved_weights(segmentation) == "increase"
         zeros = isinstance(spec, str) and spec == "zeros"
 
@@ -548,15 +548,13 @@ class ScoreCAM(RegionMethod):
             max_channels=self.max_channels,
             baseline=None if zeros and not increase else baseline,
             increase=increase,
+            top=self.masking.top if mask == "binary" else None,
         )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
         segmentation = context.target.is_segmentation
         if self.resolved_weights(segmentation) == "softmax_over_channels":
             return None  # pytorch-grad-cam's variant (logit softmax over channels) is defined on whole inputs only
-        if self.masking.resolve(segmentation)[0] == "binary":
-            whole_input_only(self.name, "binary masks", "--method-option mask=soft", context)
-            return None
         return RegionWindowStitcher(context, self.window_region(segmentation))
 
     def resolved_weights(self, segmentation: bool) -> str:
@@ -626,7 +624,7 @@ class GroupCAM(RegionMethod):
 
     def window_region(self, segmentation: bool = False) -> WindowRegion:
         """Group-CAM's masks over sliding windows (:mod:`medcam.methods.region_windows`), as for the target."""
-        _, spec = self.masking.resolve(segmentation)
+        mask, spec = self.masking.resolve(segmentation)
 
         def blurred(x: Tensor) -> Tensor:
             if isinstance(spec, str) and spec == "groupcam-blur":
@@ -640,13 +638,11 @@ class GroupCAM(RegionMethod):
             group_maps=self.group_maps,
             group_scores=group_scores,
             baseline=blurred,
+            top=self.masking.top if mask == "binary" else None,
         )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
         segmentation = context.target.is_segmentation
-        if self.masking.resolve(segmentation)[0] == "binary":
-            whole_input_only(self.name, "binary masks", "--method-option mask=soft", context)
-            return None
         return RegionWindowStitcher(context, self.window_region(segmentation))
 
     def submit(self, capture: Capture, queue: ScoreQueue, post: PostProcessing, stats: dict[str, Any]) -> Finisher:

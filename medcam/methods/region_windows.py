@@ -42,9 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medcam.core.combine import contribution_weights, denoise_below_percentile, per_sample, similarity_fusion
+from medcam.core.combine import (
+    agreement_fusion,
+    contribution_weights,
+    denoise_below_percentile,
+    per_sample,
+    similarity_fusion,
+)
 from medcam.core.ops import minmax, normalize, upsample
-from medcam.core.perturbation import BaselineSpec, baseline_image, blend, resize
+from medcam.core.perturbation import BaselineSpec, baseline_image, binarise_top, blend, resize
 from medcam.core.probe import Probe
 from medcam.core.windows import Job, WeightedLogits, WindowError
 from medcam.methods.base import (
@@ -64,6 +70,9 @@ logger = logging.getLogger(__name__)
 cost_logger = logging.getLogger(COST_LOGGER)
 
 CACHE_BYTES = 1 << 30  # windows' feature maps kept at feature resolution
+# a cache larger than this in float32 is kept in float16 (half the memory; rounding 2^-11 relative, ~5e-4)
+EXACT_CACHE_BYTES = 256 << 20
+HALF_MAX = 65504.0  # float16's largest finite value: a window beyond it stays float32
 STITCH_BYTES = 256 << 20  # stitched maps on the volume held at once
 
 INTERNAL = PostProcessing(relu=True, normalization="minmax")  # maps inside an ensemble (docs/methods-region-fusion.md)
@@ -89,6 +98,7 @@ class WindowRegion:
     group_scores: Scores | None = None
     baseline: Callable[[Tensor], Tensor] | None = None
     increase: bool = False  # Score-CAM weights="increase": s_k = p(masked) - p(baseline)
+    top: float | None = None  # mask="binary": the kept fraction of each stitched map (None: soft masks)
 
     @property
     def needs_gradients(self) -> bool:
@@ -123,6 +133,7 @@ class _Run:
             self.outside[self.crop] = False
         self.weights: dict[str, Tensor] = {}  # Grad-CAM weights (N, K) per layer
         self.cache: dict[str, dict[Hashable, Tensor]] = {}
+        self.cache_dtype = torch.float32  # float16 when the float32 cache would exceed EXACT_CACHE_BYTES
         self.clean_passes = 0
         self.clean_seconds = 0.0
         self.scorer: WindowScorer | None = None
@@ -180,14 +191,26 @@ class _Run:
             found = {alias: self.sources(alias, acts, jobs) for alias, acts in activations.items()}
             if chunks is None:
                 per_window = sum(f[0].numel() * 4 for f in found.values())
+                if per_window * windows > EXACT_CACHE_BYTES:
+                    self.cache_dtype, per_window = torch.float16, per_window // 2
                 chunks = count_parts(per_window * windows, CACHE_BYTES)
                 self.counts = {alias: int(f.shape[1]) for alias, f in found.items()}
             for alias, maps in found.items():
                 rows = self.chunk_rows(alias, chunk, chunks)
                 for row, job in enumerate(jobs):
-                    self.cache[alias][_key(*job)] = maps[row, rows].cpu().clone()
+                    self.cache[alias][_key(*job)] = self.store(maps[row, rows])
         assert chunks is not None
         return chunks
+
+    def store(self, maps: Tensor) -> Tensor:
+        """One window's sources as cached: float16 when the cache is large, unless they exceed its range."""
+        if self.cache_dtype == torch.float16 and float(maps.abs().amax()) <= HALF_MAX:
+            return maps.to("cpu", torch.float16)
+        return maps.cpu().clone()
+
+    def cached(self, alias: str, sample: int, window: tuple[slice, ...]) -> Tensor:
+        """One window's cached sources in float32."""
+        return self.cache[alias][_key(sample, window)].float()
 
     def chunk_rows(self, alias: str, chunk: int, chunks: int) -> slice:
         size = math.ceil(self.counts[alias] / chunks)
@@ -209,7 +232,7 @@ class _Run:
         total = torch.zeros(count, *layout.padded, dtype=dtype)
         importance = self.importance.to(dtype)
         for window in layout.slices:
-            source = mix(self.cache[alias][_key(sample, window)])
+            source = mix(self.cached(alias, sample, window))
             part = resize(source, layout.roi) if dtype == torch.float32 else upsample(source.to(dtype), layout.roi)
             total[(slice(None), *window)] += part * importance
         return total.div_(self.norm.to(dtype))
@@ -226,6 +249,10 @@ class _Run:
             patch = blend(x[region].cpu(), mask[window][None], patch_base)
             self.scorer.add(sample, key, window, patch[0])
 
+    def binary_mask(self, values: Tensor, fraction: float) -> Tensor:
+        """The top ``fraction`` of a map on the volume as a 0/1 mask on the padded grid (ranked over the volume)."""
+        return self.volume_mask(binarise_top(values[None], fraction)[0])
+
     def volume_mask(self, values: Tensor) -> Tensor:
         """A mask on the volume brought to the padded grid: 1 in the padding, so a masked volume pads like X."""
         if self.outside is None:
@@ -235,8 +262,19 @@ class _Run:
         return full
 
     def padded_base(self, image: Tensor | None) -> Tensor | None:
-        """A baseline image of the volume on the padded grid (padded like the input)."""
-        return None if image is None else self.passes.pad(image)
+        """A baseline image of the volume on the padded grid (padded like the input).
+
+        A constant baseline (air: ``"min"``, ``"mean"``, a number) becomes a broadcast view of
+        its value, not a volume in memory. Its value in the padding does not matter: masks
+        are 1 there, and ``b + 1 (x - b)`` is ``x`` (exactly so for zero padding).
+        """
+        if image is None:
+            return None
+        low, high = torch.aminmax(image.flatten(2), dim=2)
+        if torch.equal(low, high):
+            shape = (*image.shape[:2], *self.context.layout.padded)
+            return low.view(*low.shape, *([1] * (len(shape) - 2))).expand(shape)
+        return self.passes.pad(image)
 
 
 @dataclass
@@ -285,6 +323,7 @@ def run_stats(run: _Run) -> dict[str, Any]:
         "masked_window_passes": 0 if scorer is None else scorer.passes,
         "masked_forward_s": 0.0 if scorer is None else round(scorer.seconds, 3),
         "clean_pass_s": round(run.clean_seconds, 3),
+        "feature_cache": str(run.cache_dtype).removeprefix("torch."),
         "precision": run.region.precision,
         "windowed": "masked volumes scored by the sliding-window predictor (docs/methods-region-fusion.md)",
     }
@@ -371,6 +410,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
             maps.append(_final(run, alias, n, coefficients, constant, count, chunks))
         raws[alias] = maps[0][None] if len(maps) == 1 else torch.stack(maps)
         run.layer_stats[alias] = layer
+    run.cache = {}  # an ensemble's steps after this need the maps only
     return raws
 
 
@@ -395,9 +435,12 @@ def _score_masks(run: _Run, plan: _Region, rows: Tensor, base: Tensor | None, *,
                 continue
             key = offset + row
             plan.lows[key], plan.spans[key] = float(low[i]), span
-            mask = stitched[i].sub_(low[i]).div_(span)
-            if run.outside is not None:
-                mask[run.outside] = 1.0
+            if run.region.top is not None:
+                mask = run.binary_mask(stitched[i][run.crop], run.region.top)
+            else:
+                mask = stitched[i].sub_(low[i]).div_(span)
+                if run.outside is not None:
+                    mask[run.outside] = 1.0
             run.masked(plan.sample, (plan.alias, plan.sample, key), mask, base)
         del stitched
 
@@ -447,6 +490,8 @@ class EnsembleWindowStitcher(WindowStitcher):
         gradient: Combine,
         theta: float,
         baseline: BaselineSpec,
+        top: float | None = None,
+        fusion: Fusion | None = None,
     ) -> None:
         self.context = context
         self.region = region
@@ -454,6 +499,8 @@ class EnsembleWindowStitcher(WindowStitcher):
         self.label = f"{name} windows"
         self.theta = theta
         self.baseline = baseline
+        self.top = top  # binary masks for the contributions: the kept fraction of each map
+        self.fusion = fusion or Fusion()
         self.gradient = CombineStitcher(gradient, replace(context, post=INTERNAL))
         self.maps: dict[str, Tensor] = {}
         self.extras: dict[str, dict[str, Tensor]] = {}
@@ -471,7 +518,8 @@ class EnsembleWindowStitcher(WindowStitcher):
         run = _Run(passes, context, self.region, self.name)
         run.gradient_pass(self.gradient.take)
         gradient_maps = self.gradient.finish().maps
-        raws = region_maps(run, extra_volumes=1 + 3 * len(context.layers))
+        guard = 1 + 4 * len(context.layers) if self.fusion.variant == "segmentation" else 0
+        raws = region_maps(run, extra_volumes=1 + 3 * len(context.layers) + guard)
         region_maps_ = {alias: INTERNAL.apply(raw, spatial) for alias, raw in raws.items()}
         del raws
         x = passes.padded_x[(slice(None), slice(None), *run.crop)].float()
@@ -483,7 +531,9 @@ class EnsembleWindowStitcher(WindowStitcher):
         def beta(maps: dict[str, Tensor], tag: str) -> dict[str, Tensor]:
             for alias, m in maps.items():
                 for n in samples:
-                    run.masked(n, (tag, alias, n), run.volume_mask(m[n].cpu()), base)
+                    shown = m[n].cpu()
+                    mask = run.volume_mask(shown) if self.top is None else run.binary_mask(shown, self.top)
+                    run.masked(n, (tag, alias, n), mask, base)
             found = scores_now()
             return {a: torch.tensor([found[(tag, a, n)] - empty[n] for n in samples]) for a in maps}
 
@@ -514,21 +564,32 @@ class EnsembleWindowStitcher(WindowStitcher):
         post = context.post
         if self.name == "fusioncam":
             agreement = {}
+            segmentation = self.fusion.variant == "segmentation"
+            betas = {
+                a: {
+                    "denoised_gradient": beta_first[a].tolist(),
+                    "region": beta_region[a].tolist(),
+                    "combined": beta_combined[a].tolist(),
+                }
+                for a in first
+            }
             for alias in first:
                 b_gr, b_r = _as_weights(beta_combined[alias], beta_region[alias], combined[alias])
-                fused, agreement[alias] = similarity_fusion(b_gr * combined[alias], b_r * region_maps_[alias])
-                self.maps[alias] = normalize(fused, post.normalization)
+                pair = (b_gr * combined[alias], b_r * region_maps_[alias])
+                if segmentation:
+                    fused, agreement[alias] = agreement_fusion(*pair)
+                    self.maps[alias] = minmax(fused)
+                else:
+                    fused, agreement[alias] = similarity_fusion(*pair)
+                    self.maps[alias] = normalize(fused, post.normalization)
+                del pair, fused
             self.extras = {"agreement": agreement}
-            self.stats = {
-                "betas": {
-                    a: {
-                        "denoised_gradient": beta_first[a].tolist(),
-                        "region": beta_region[a].tolist(),
-                        "combined": beta_combined[a].tolist(),
-                    }
-                    for a in first
-                }
-            }
+            self.stats = {"variant": self.fusion.variant, "betas": betas}
+            if segmentation:
+                guarded, self.stats["fallback"] = _guard(
+                    run, self.fusion, gradient_maps, self.maps, betas, base, scores_now
+                )
+                self.maps = {a: normalize(m, post.normalization) for a, m in guarded.items()}
         else:
             chosen = {}
             for alias in first:
@@ -546,6 +607,80 @@ class EnsembleWindowStitcher(WindowStitcher):
         return WindowMaps(self.maps, self.extras, self.stats)
 
 
+@dataclass
+class Fusion:
+    """Fusion-CAM's variant over windows and its segmentation guard (:class:`~medcam.methods.fusion.FusionCAM`).
+
+    ``variant``: ``"normalised"`` (similarity fusion) or ``"segmentation"`` (agreement
+    fusion, then the guard: the gradient map replaces the fused one in a sample when every
+    contribution is below ``tolerance`` x the clean score, or when the fused map's
+    keep-top-k score, averaged over k = ``multiples`` x |M|, is below the gradient map's).
+    """
+
+    variant: str = "normalised"
+    tolerance: float = 0.01
+    multiples: tuple[float, ...] = (1.0, 4.0)
+
+
+def _guard(
+    run: _Run,
+    fusion: Fusion,
+    gradient_maps: dict[str, Tensor],
+    fused_maps: dict[str, Tensor],
+    betas: dict[str, dict[str, list[float]]],
+    base: Tensor | None,
+    scores_now: Callable[[], dict[Hashable, float]],
+) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+    """The segmentation variant's guard over windows, as on a single input (docs/methods-region-fusion.md).
+
+    Every score is the sliding-window predictor's on a masked volume: the clean score is the
+    volume shown whole, a keep-top-k score the volume with only the map's top k voxels shown
+    (ranked over the volume) and the rest the contributions' baseline.
+    """
+    context = run.context
+    samples = range(context.samples)
+    spatial = context.layout.spatial
+    voxels = float(math.prod(spatial))
+    assert context.target.mask is not None
+    sizes = [max(1.0, float(context.target.mask[n].sum())) for n in samples]
+    whole = run.volume_mask(torch.ones(spatial))
+    for n in samples:
+        run.masked(n, ("clean", n), whole, base)
+    del whole
+    for tag, maps in (("keep gradient", gradient_maps), ("keep fused", fused_maps)):
+        for alias, m in maps.items():
+            for n in samples:
+                for k in fusion.multiples:
+                    mask = run.binary_mask(m[n].cpu(), min(1.0, k * sizes[n] / voxels))
+                    run.masked(n, (tag, alias, n, k), mask, base)
+    found = scores_now()
+    clean = torch.tensor([found[("clean", n)] for n in samples])
+
+    def keep(tag: str, alias: str) -> Tensor:
+        return torch.tensor([sum(found[(tag, alias, n, k)] for k in fusion.multiples) for n in samples]) / len(
+            fusion.multiples
+        )
+
+    out, reasons = {}, {}
+    for alias, fused in fused_maps.items():
+        beta_g, beta_f = keep("keep gradient", alias), keep("keep fused", alias)
+        parts = torch.tensor([betas[alias]["denoised_gradient"], betas[alias]["region"]])
+        negligible = (parts < fusion.tolerance * clean).all(dim=0)
+        worse = beta_f < beta_g
+        reasons[alias] = [_reason(n, w) for n, w in zip(negligible.tolist(), worse.tolist(), strict=True)]
+        kept = per_sample((~(negligible | worse)).float(), fused) > 0
+        out[alias] = torch.where(kept, fused, gradient_maps[alias].to(fused.device))
+        betas[alias].update(keep_gradient=beta_g.tolist(), keep_fused=beta_f.tolist(), clean=clean.tolist())
+    return out, reasons
+
+
+def _reason(negligible: bool, worse: bool) -> str:
+    """Why the guard kept what it kept in one sample (``stats["fallback"]``, as on a single input)."""
+    if negligible:
+        return "betas negligible against the clean score"
+    return "fused map scores below the gradient map" if worse else "fused"
+
+
 def _as_weights(first: Tensor, second: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     a, b = contribution_weights(first, second)
     return per_sample(a, like), per_sample(b, like)
@@ -556,6 +691,7 @@ __all__ = [
     "COST_LOGGER",
     "STITCH_BYTES",
     "EnsembleWindowStitcher",
+    "Fusion",
     "RegionWindowStitcher",
     "WindowRegion",
 ]
