@@ -37,8 +37,13 @@ CASES = {
     "conv3d 1x1": (nn.Conv3d(3, 2, 1), (1, 3, 5, 6, 7)),
     "conv3d": (nn.Conv3d(3, 3, 3, padding=1), (2, 3, 9, 8, 7)),
     "conv3d asymmetric kernel": (nn.Conv3d(2, 3, (1, 3, 5), padding=(0, 1, 2)), (1, 2, 6, 7, 8)),
+    "conv3d many channels grouped": (nn.Conv3d(12, 10, 3, padding=2, dilation=2, groups=2), (1, 12, 6, 5, 7)),
     "transposed2d stride 2": (nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1), (1, 4, 6, 7)),
     "transposed3d stride 2": (nn.ConvTranspose3d(4, 3, 2, stride=2), (2, 4, 4, 5, 3)),
+    "transposed3d many channels": (
+        nn.ConvTranspose3d(12, 8, 3, stride=2, padding=1, output_padding=1),
+        (1, 12, 4, 3, 5),
+    ),
     "transposed3d grouped dilated": (
         nn.ConvTranspose3d(4, 6, 3, stride=1, padding=1, dilation=2, groups=2),
         (1, 4, 5, 5, 5),
@@ -154,3 +159,69 @@ def test_a_transposed_convolution_given_its_output_size_is_left_to_autograd() ->
         assert (type(out.grad_fn).__name__ == "_ConvInputGradBackward") is wrapped, call
         found = torch.autograd.grad(out.square().sum(), leaf)[0]
         assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def _counting_onednn(monkeypatch: pytest.MonkeyPatch) -> list[torch.memory_format]:
+    """Replaces torch.mkldnn_convolution by a wrapper that records the layout of each call's input."""
+    calls: list[torch.memory_format] = []
+    real = torch.mkldnn_convolution
+
+    def counted(x: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(torch.channels_last_3d if not x.is_contiguous() else torch.contiguous_format)
+        return real(x, *args)
+
+    monkeypatch.setattr(torch, "mkldnn_convolution", counted)
+    return calls
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_3d_float32_gradients_go_to_onednn_few_channels_in_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speed-up of 3D float32 convolutions is taken (fails if it is silently skipped), and it is exact."""
+    calls = _counting_onednn(monkeypatch)
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv3d(2, 12, 3, padding=1), nn.ReLU(), nn.Conv3d(12, 3, 3, padding=1))
+    x = torch.randn(1, 2, 6, 6, 6)
+    expected = _reference(net, x)
+    assert calls == []  # plain autograd never calls it directly
+    found, covered = _fast(net, x)
+    assert covered == 2
+    # backward order: 12 -> 3 (plain layout), then 2 -> 12 (plain layout)
+    assert calls == [torch.contiguous_format, torch.contiguous_format]
+    assert found.is_contiguous()
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+    calls.clear()
+    small = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 3, padding=1))
+    expected = _reference(small, x)
+    found, _ = _fast(small, x)
+    assert calls == [torch.channels_last_3d, torch.channels_last_3d]
+    assert found.is_contiguous()  # handed back in the input's layout
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_other_dtypes_and_dimensions_use_the_plain_forward_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_onednn(monkeypatch)
+    torch.manual_seed(7)
+    conv3 = nn.Conv3d(2, 3, 3, padding=1).double()
+    x = torch.randn(1, 2, 5, 5, 5, dtype=torch.float64)
+    expected = _reference(conv3, x)
+    found, _ = _fast(conv3, x)
+    assert (found - expected).abs().max() <= 1e-12 * expected.abs().max()
+    conv2 = nn.Conv2d(2, 3, 3, padding=1)
+    _fast(conv2, torch.randn(1, 2, 7, 7))
+    assert calls == []
+
+
+@pytest.mark.parametrize("norm", [nn.InstanceNorm3d(4), nn.InstanceNorm3d(4, affine=True), nn.GroupNorm(2, 4)])
+def test_a_normalisation_after_a_few_channel_convolution_gets_a_gradient_in_its_layout(norm: nn.Module) -> None:
+    """torch 2.14's instance norm backward is wrong for a channels-last gradient of a batch of one.
+
+    The few-channel convolutions compute in channels-last layout; their input gradient
+    must go back to the input's layout before a normalisation sees it.
+    """
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), norm, nn.Conv3d(4, 3, 3, padding=1))
+    x = torch.randn(1, 2, 6, 6, 6)
+    expected = _reference(net, x)
+    found, covered = _fast(net, x)
+    assert covered == 2
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
