@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from medcam.core.conv_grad import conv_input_gradients, eligible
+from medcam.core.conv_grad import eligible
+from medcam.core.input_grads import input_gradients
 from medcam.core.probe import Probe
 from medcam.core.targets import SegmentationTarget
 
@@ -23,7 +24,7 @@ def _reference(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _fast(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     x = x.detach().requires_grad_(True)
-    with conv_input_gradients(net) as covered:
+    with input_gradients(net) as covered:
         out = net(x)
     return torch.autograd.grad(out.square().sum(), x)[0], covered
 
@@ -139,7 +140,7 @@ def test_the_backward_uses_the_kernel_of_the_forward_pass() -> None:
     x = torch.randn(1, 2, 5, 5, 5)
     expected = _reference(conv, x)
     leaf = x.detach().requires_grad_(True)
-    with conv_input_gradients(conv):
+    with input_gradients(conv):
         out = conv(leaf)
     conv.load_state_dict({k: torch.zeros_like(v) for k, v in conv.state_dict().items()}, assign=True)
     found = torch.autograd.grad(out.square().sum(), leaf)[0]
@@ -154,7 +155,7 @@ def test_a_transposed_convolution_given_its_output_size_is_left_to_autograd() ->
         leaf = x.detach().requires_grad_(True)
         expected = torch.autograd.grad(up(leaf, **call).square().sum(), leaf)[0]
         leaf = x.detach().requires_grad_(True)
-        with conv_input_gradients(up):
+        with input_gradients(up):
             out = up(leaf, **call)
         assert (type(out.grad_fn).__name__ == "_ConvInputGradBackward") is wrapped, call
         found = torch.autograd.grad(out.square().sum(), leaf)[0]

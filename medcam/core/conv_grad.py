@@ -14,19 +14,17 @@ forward convolutions:
 * transposed convolution (any stride ``s``): ``dx = W * dy``, the plain convolution
   with the same stride, padding, dilation and groups.
 
-:func:`conv_input_gradients` installs hooks for one forward pass: every eligible
+medcam.core.input_grads installs the hooks for one forward pass: every eligible
 convolution whose input requires grad runs without recording a graph and hands back
-its output wrapped in :class:`_ConvInputGrad`, whose backward is that forward
-convolution. Other convolutions (strided, circular padding, ...) are left to autograd.
-The user's model is not changed: the hooks go when the pass ends. 3D float32
+its output wrapped (:func:`wrap`) in :class:`_ConvInputGrad`, whose backward is that
+forward convolution. Other convolutions (strided, circular padding, ...) are left to
+autograd. 3D float32
 convolutions on the CPU are handed to oneDNN directly (:func:`_convolve`); every
 gradient goes back in its input's memory layout, as autograd's would.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -131,8 +129,8 @@ def _convolve(
     return conv(x, weight, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-class _Computed:
-    """The convolution's output, handed to the Function outside its tensor inputs.
+class Computed:
+    """A layer's output, handed to a custom Function outside its tensor inputs.
 
     Passed as a tensor input, the output would come back as a view of an input, and a
     later in-place operation (``ReLU(inplace=True)``) on a custom Function's view is an error.
@@ -146,7 +144,7 @@ class _ConvInputGrad(torch.autograd.Function):
     """Gives the already computed output a graph node whose backward is :func:`input_gradient`."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, computed: _Computed, module: _ConvNd) -> Tensor:
+    def forward(ctx: Any, inputs: Tensor, computed: Computed, module: _ConvNd) -> Tensor:
         ctx.module = module
         # the kernel as used now: a model may swap its weights before the backward pass
         # (nnU-Net folds loaded one at a time), as autograd's own saved tensors allow
@@ -172,43 +170,16 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-class _Hooks:
-    """Pre/post forward hooks on the eligible convolutions of one model, for one pass."""
+def accepts(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether this call of an :func:`eligible` convolution can take the rule.
 
-    def __init__(self) -> None:
-        self.stack: dict[int, list[bool]] = {}
-
-    def before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = args[0] if args else None
-        # a transposed convolution given ``output_size`` may pad its output beyond its stride
-        sized = len(args) > 1 or kwargs.get("output_size") is not None
-        active = isinstance(x, Tensor) and torch.is_grad_enabled() and x.requires_grad and not sized
-        self.stack.setdefault(id(module), []).append(active)
-        if active:
-            torch.set_grad_enabled(False)  # the convolution itself records nothing
-
-    def after(self, module: _ConvNd, args: tuple[Any, ...], output: Any) -> Tensor | None:
-        if not self.stack[id(module)].pop():
-            return None
-        torch.set_grad_enabled(True)
-        return _ConvInputGrad.apply(args[0], _Computed(output), module)
-
-
-@contextlib.contextmanager
-def conv_input_gradients(model: nn.Module) -> Iterator[int]:
-    """For the passes inside, eligible convolutions get their input gradients by forward convolutions.
-
-    Yields how many convolutions are covered. The post hooks run before any other
-    forward hook, so a layer hook on a convolution sees the output that carries the graph.
+    A transposed convolution given ``output_size`` may pad its output beyond its stride.
     """
-    hooks = _Hooks()
-    handles = []
-    try:
-        for module in model.modules():
-            if eligible(module):
-                handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
-                handles.append(module.register_forward_hook(hooks.after, prepend=True))
-        yield len(handles) // 2
-    finally:
-        for handle in handles:
-            handle.remove()
+    return len(args) == 1 and kwargs.get("output_size") is None
+
+
+def wrap(module: nn.Module, x: Tensor, output: Tensor) -> Tensor:
+    """``output`` (computed without a graph) with a graph node to ``x`` whose backward is :func:`input_gradient`."""
+    assert isinstance(module, _ConvNd)
+    result: Tensor = _ConvInputGrad.apply(x, Computed(output), module)
+    return result
