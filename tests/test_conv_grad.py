@@ -226,3 +226,101 @@ def test_a_normalisation_after_a_few_channel_convolution_gets_a_gradient_in_its_
     found, covered = _fast(net, x)
     assert covered == 2
     assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+class _Skip(nn.Module):
+    """A decoder step after a skip concatenation: ``conv(cat(pieces))``, the pieces in ``order``.
+
+    ``"e"`` pieces are encoder features (no grad), ``"d"`` pieces come from the input.
+    """
+
+    def __init__(self, conv: nn.Module, order: str, dim: int = 1) -> None:
+        super().__init__()
+        self.conv, self.order, self.dim = conv, order, dim
+        self.encoder = {i: torch.randn(1, 3, 4, 5, 6) for i, kind in enumerate(order) if kind == "e"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = [self.encoder[i] if kind == "e" else x * (i + 1) for i, kind in enumerate(self.order)]
+        return self.conv(torch.cat(pieces, self.dim))
+
+
+SKIPS = {
+    # name: (conv, order, channels whose gradient is computed)
+    "transposed, encoder first": (nn.ConvTranspose3d(5, 4, 3, stride=2, padding=1, output_padding=1), "ed", 2),
+    "convolution, encoder last": (nn.Conv3d(5, 4, 3, padding=1), "de", 2),
+    "convolution, two decoder pieces": (nn.Conv3d(7, 6, 3, padding=1), "edd", 4),
+    "encoder on both sides": (nn.Conv3d(8, 4, 3, padding=1), "ede", 8),
+    "all decoder": (nn.Conv3d(4, 6, 3, padding=1), "dd", 4),
+}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+@pytest.mark.parametrize("name", sorted(SKIPS))
+def test_after_a_skip_concatenation_only_the_decoder_channels_are_computed(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact against autograd; the weight rows handed to the convolution show which channels were computed."""
+    torch.manual_seed(9)
+    conv, order, computed = SKIPS[name]
+    net = _Skip(conv, order)
+    x = torch.randn(1, 2, 4, 5, 6)
+    expected = _reference(net, x)
+    rows: list[int] = []
+    real = torch.mkldnn_convolution
+
+    def counted(grad: torch.Tensor, weight: torch.Tensor, *args: object) -> torch.Tensor:
+        rows.append(weight.shape[0])
+        return real(grad, weight, *args)
+
+    monkeypatch.setattr(torch, "mkldnn_convolution", counted)
+    found, covered = _fast(net, x)
+    assert covered == 1
+    assert rows == [computed]
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_a_concatenation_along_another_axis_or_in_two_dimensions_is_exact() -> None:
+    torch.manual_seed(10)
+    net = _Skip(nn.Conv3d(3, 4, 3, padding=1), "ed", dim=2)  # along depth: all channels needed
+    x = torch.randn(1, 3, 4, 5, 6)
+    expected = _reference(net, x)
+    found, _ = _fast(net, x)
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # a 2D decoder step (plain forward convolution, not oneDNN)
+    skip = torch.randn(1, 3, 6, 6)
+    conv = nn.Conv2d(5, 4, 3, padding=1)
+    x = torch.randn(1, 2, 6, 6)
+    leaf = x.clone().requires_grad_(True)
+    expected = torch.autograd.grad(conv(torch.cat([skip, leaf], 1)).square().sum(), leaf)[0]
+    leaf = x.clone().requires_grad_(True)
+    with input_gradients(conv):
+        out = conv(torch.cat([skip, leaf], 1))
+    found = torch.autograd.grad(out.square().sum(), leaf)[0]
+    assert (found - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_a_captured_concatenation_gets_its_whole_gradient() -> None:
+    """A skip connection's output captured with a layer before it: every channel's gradient, as autograd's."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(11)
+    net = UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    target = SegmentationTarget(1, pixels="image")
+    layers = {"bottleneck": "model.1.submodule.1.submodule", "skip": "model.1.submodule.1"}
+    capture = Probe(net).capture(x, layers, target, gradients=True)
+    assert capture.gradients is not None
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        net.get_submodule(path).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o))
+        for name, path in layers.items()
+    ]
+    with torch.enable_grad():
+        out = net(x)
+    for handle in handles:
+        handle.remove()
+    grads = torch.autograd.grad(target.bind(out).score(out).sum(), [seen["bottleneck"], seen["skip"]])
+    for name, expected in zip(layers, grads, strict=True):
+        found = capture.gradients[name]
+        assert (found - expected).abs().max() <= 1e-5 * expected.abs().max(), name
+    assert capture.gradients["skip"][:, :8].abs().max() > 0  # the encoder half too

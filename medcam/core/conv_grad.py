@@ -20,7 +20,9 @@ its output wrapped (:func:`wrap`) in :class:`_ConvInputGrad`, whose backward is 
 forward convolution. Other convolutions (strided, circular padding, ...) are left to
 autograd. 3D float32
 convolutions on the CPU are handed to oneDNN directly (:func:`_convolve`); every
-gradient goes back in its input's memory layout, as autograd's would.
+gradient goes back in its input's memory layout, as autograd's would. After a skip
+concatenation only the channels whose gradient autograd uses are computed
+(:func:`channel_span`), the rest are zeros autograd drops.
 """
 
 from __future__ import annotations
@@ -67,16 +69,21 @@ def eligible(module: nn.Module) -> bool:
     return False
 
 
-def input_gradient(module: _ConvNd, grad: Tensor, weight: Tensor | None = None) -> Tensor:
+def input_gradient(
+    module: _ConvNd, grad: Tensor, weight: Tensor | None = None, channels: tuple[int, int] | None = None
+) -> Tensor:
     """``d(score)/d(input)`` of an :func:`eligible` convolution, from ``grad = d(score)/d(output)``.
 
     ``weight``: the kernel the forward pass used (default: the module's current one).
+    ``channels``: only the input channels ``[start, stop)`` (ungrouped convolutions).
     """
     dims = grad.dim() - 2
     weight = (module.weight if weight is None else weight).detach().to(grad.dtype)
     groups = module.groups
+    rows = slice(None) if channels is None else slice(*channels)
+    assert channels is None or groups == 1
     if type(module) in _TRANSPOSED:
-        return _convolve(grad, weight, module.stride, module.padding, module.dilation, groups)
+        return _convolve(grad, weight[rows], module.stride, module.padding, module.dilation, groups)
     # (out, in/g, *k) -> (in, out/g, *k): swap channels within each group, flip the kernel in space
     out_channels, in_per_group = weight.shape[:2]
     kernel = tuple(weight.shape[2:])
@@ -89,7 +96,42 @@ def input_gradient(module: _ConvNd, grad: Tensor, weight: Tensor | None = None) 
     padding = _padding(module)
     assert padding is not None
     reach = tuple(d * (k - 1) - p for d, k, p in zip(module.dilation, module.kernel_size, padding, strict=True))
-    return _convolve(grad, swapped, (1,) * dims, reach, module.dilation, groups)
+    return _convolve(grad, swapped[rows], (1,) * dims, reach, module.dilation, groups)
+
+
+def channel_span(x: Tensor) -> tuple[int, int] | None:
+    """The channels of ``x`` whose gradient autograd can use, when that is fewer than all; else None.
+
+    ``x`` a concatenation along channels of which only some inputs require grad: a
+    U-Net's skip connection, encoder features computed before the explained layer
+    (no grad) joined to the decoder's. Autograd drops the gradient of inputs that do not
+    require grad, so only the channels of those that do are needed. Recognised when the
+    inputs that require grad form one block and the others all sit on one side of it
+    (their channel count then follows from the total); anything else gives None.
+    """
+    node = x.grad_fn
+    if node is None or node.name() != "CatBackward0":
+        return None
+    try:
+        dim = node._saved_dim  # type: ignore[attr-defined]
+        shapes = [None if fn is None else list(fn._input_metadata[nr].shape) for fn, nr in node.next_functions]
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return None  # another PyTorch's autograd internals: all channels
+    if dim not in (1, 1 - x.dim()):
+        return None
+    needed = [i for i, shape in enumerate(shapes) if shape is not None]
+    if not needed or len(needed) == len(shapes) or needed != list(range(needed[0], needed[-1] + 1)):
+        return None
+    if needed[0] > 0 and needed[-1] < len(shapes) - 1:
+        return None  # inputs without grad on both sides: where the block starts is unknown
+    known = [shapes[i] for i in needed]
+    if any(shape is None or len(shape) != x.dim() for shape in known):
+        return None
+    width = sum(int(shape[1]) for shape in known if shape is not None)
+    channels = x.shape[1]
+    if not 0 < width < channels:
+        return None
+    return (0, width) if needed[0] == 0 else (channels - width, channels)
 
 
 def _on_onednn(x: Tensor) -> bool:
@@ -144,21 +186,33 @@ class _ConvInputGrad(torch.autograd.Function):
     """Gives the already computed output a graph node whose backward is :func:`input_gradient`."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, computed: Computed, module: _ConvNd) -> Tensor:
+    def forward(
+        ctx: Any, inputs: Tensor, computed: Computed, module: _ConvNd, channels: tuple[int, int] | None
+    ) -> Tensor:
         ctx.module = module
         # the kernel as used now: a model may swap its weights before the backward pass
         # (nnU-Net folds loaded one at a time), as autograd's own saved tensors allow
         ctx.weight = module.weight.detach()
         ctx.input_dtype = inputs.dtype
+        ctx.input_shape = inputs.shape
         ctx.layout = _layout(inputs)
+        ctx.channels = channels
         return computed.output
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        found = input_gradient(ctx.module, grad, ctx.weight)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        found = input_gradient(ctx.module, grad, ctx.weight, ctx.channels)
         # in the input's layout, as autograd's own: a channels-last gradient of a batch of one
         # makes instance norm's backward wrong (torch 2.14), see tests/test_conv_grad.py
-        return found.to(ctx.input_dtype, memory_format=ctx.layout), None, None
+        if ctx.channels is None:
+            return found.to(ctx.input_dtype, memory_format=ctx.layout), None, None, None
+        start, stop = ctx.channels
+        # zeros where autograd drops the gradient (channel_span); one pass over the tensor
+        whole = torch.empty(ctx.input_shape, dtype=ctx.input_dtype, device=grad.device, memory_format=ctx.layout)
+        whole[:, :start].zero_()
+        whole[:, stop:].zero_()
+        whole[:, start:stop].copy_(found)
+        return whole, None, None, None
 
 
 def _layout(x: Tensor) -> torch.memory_format:
@@ -178,8 +232,13 @@ def accepts(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return len(args) == 1 and kwargs.get("output_size") is None
 
 
-def wrap(module: nn.Module, x: Tensor, output: Tensor) -> Tensor:
-    """``output`` (computed without a graph) with a graph node to ``x`` whose backward is :func:`input_gradient`."""
+def wrap(module: nn.Module, x: Tensor, output: Tensor, partial: bool) -> Tensor:
+    """``output`` (computed without a graph) with a graph node to ``x`` whose backward is :func:`input_gradient`.
+
+    ``partial``: nothing but autograd reads the gradient of ``x``, so the channels it drops
+    (:func:`channel_span`) may be left out.
+    """
     assert isinstance(module, _ConvNd)
-    result: Tensor = _ConvInputGrad.apply(x, Computed(output), module)
+    channels = channel_span(x) if partial and module.groups == 1 else None
+    result: Tensor = _ConvInputGrad.apply(x, Computed(output), module, channels)
     return result

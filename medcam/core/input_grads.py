@@ -19,7 +19,7 @@ the pass ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -61,7 +61,7 @@ def _prelu_accepts(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
     return x.dtype == module.weight.dtype and (module.weight.numel() == 1 or x.dim() >= 2)
 
 
-def _prelu_wrap(module: nn.Module, x: Tensor, output: Tensor) -> Tensor:
+def _prelu_wrap(module: nn.Module, x: Tensor, output: Tensor, partial: bool) -> Tensor:
     assert isinstance(module, nn.PReLU)
     result: Tensor = _PReLUInputGrad.apply(x, Computed(output), module)
     return result
@@ -73,7 +73,7 @@ class _Rule:
     def __init__(
         self,
         accepts: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], bool],
-        wrap: Callable[[nn.Module, Tensor, Tensor], Tensor],
+        wrap: Callable[[nn.Module, Tensor, Tensor, bool], Tensor],
     ) -> None:
         self.accepts = accepts
         self.wrap = wrap
@@ -95,9 +95,10 @@ def rule(module: nn.Module) -> _Rule | None:
 class _Hooks:
     """Pre/post forward hooks on the covered layers of one model, for one pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Mapping[str, Tensor]) -> None:
         self.rules: dict[int, _Rule] = {}
         self.stack: dict[int, list[bool]] = {}
+        self.keep = keep
 
     def before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = args[0] if args else None
@@ -115,17 +116,23 @@ class _Hooks:
         if not self.stack[id(module)].pop():
             return None
         torch.set_grad_enabled(True)
-        return self.rules[id(module)].wrap(module, args[0], output)
+        x = args[0]
+        partial = not any(x is kept for kept in self.keep.values())
+        return self.rules[id(module)].wrap(module, x, output, partial)
 
 
 @contextlib.contextmanager
-def input_gradients(model: nn.Module) -> Iterator[int]:
+def input_gradients(model: nn.Module, keep: Mapping[str, Tensor] | None = None) -> Iterator[int]:
     """For the passes inside, covered layers get their input gradients by their rules (see the module docstring).
 
-    Yields how many layers are covered. The post hooks run before any other forward
-    hook, so a layer hook on a covered layer sees the output that carries the graph.
+    ``keep``: tensors whose whole gradient is asked for (the captured activations, filled
+    as the pass runs). A covered layer may leave out the channels of its input's gradient
+    that autograd would drop (a skip concatenation, medcam.core.conv_grad.channel_span)
+    unless that input is kept. Yields how many layers are covered. The post hooks run
+    before any other forward hook, so a layer hook on a covered layer sees the output
+    that carries the graph.
     """
-    hooks = _Hooks()
+    hooks = _Hooks({} if keep is None else keep)
     handles = []
     try:
         for module in model.modules():
