@@ -39,6 +39,7 @@ CASES = {
     "conv3d": (nn.Conv3d(3, 3, 3, padding=1), (2, 3, 9, 8, 7)),
     "conv3d asymmetric kernel": (nn.Conv3d(2, 3, (1, 3, 5), padding=(0, 1, 2)), (1, 2, 6, 7, 8)),
     "conv3d many channels grouped": (nn.Conv3d(12, 10, 3, padding=2, dilation=2, groups=2), (1, 12, 6, 5, 7)),
+    "conv3d depthwise few channels": (nn.Conv3d(4, 4, 3, padding=1, groups=4), (1, 4, 5, 6, 7)),
     "transposed2d stride 2": (nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1), (1, 4, 6, 7)),
     "transposed3d stride 2": (nn.ConvTranspose3d(4, 3, 2, stride=2), (2, 4, 4, 5, 3)),
     "transposed3d many channels": (
