@@ -14,17 +14,19 @@ forward convolutions:
 * transposed convolution (any stride ``s``): ``dx = W * dy``, the plain convolution
   with the same stride, padding, dilation and groups.
 
-:func:`conv_input_gradients` installs hooks for one forward pass: every eligible
+medcam.core.input_grads installs the hooks for one forward pass: every eligible
 convolution whose input requires grad runs without recording a graph and hands back
-its output wrapped in :class:`_ConvInputGrad`, whose backward is that forward
-convolution. Other convolutions (strided, circular padding, ...) are left to autograd.
-The user's model is not changed: the hooks go when the pass ends.
+its output wrapped (:func:`wrap`) in :class:`_ConvInputGrad`, whose backward is that
+forward convolution. Other convolutions (strided, circular padding, ...) are left to
+autograd. 3D float32
+convolutions on the CPU are handed to oneDNN directly (:func:`_convolve`); every
+gradient goes back in its input's memory layout, as autograd's would. After a skip
+concatenation only the channels whose gradient autograd uses are computed
+(:func:`channel_span`), the rest are zeros autograd drops.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -67,25 +69,21 @@ def eligible(module: nn.Module) -> bool:
     return False
 
 
-def input_gradient(module: _ConvNd, grad: Tensor, weight: Tensor | None = None) -> Tensor:
+def input_gradient(
+    module: _ConvNd, grad: Tensor, weight: Tensor | None = None, channels: tuple[int, int] | None = None
+) -> Tensor:
     """``d(score)/d(input)`` of an :func:`eligible` convolution, from ``grad = d(score)/d(output)``.
 
     ``weight``: the kernel the forward pass used (default: the module's current one).
+    ``channels``: only the input channels ``[start, stop)`` (ungrouped convolutions).
     """
     dims = grad.dim() - 2
-    conv = _FORWARD[dims]
     weight = (module.weight if weight is None else weight).detach().to(grad.dtype)
     groups = module.groups
+    rows = slice(None) if channels is None else slice(*channels)
+    assert channels is None or groups == 1
     if type(module) in _TRANSPOSED:
-        return conv(
-            grad,
-            weight,
-            None,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=groups,
-        )
+        return _convolve(grad, weight[rows], module.stride, module.padding, module.dilation, groups)
     # (out, in/g, *k) -> (in, out/g, *k): swap channels within each group, flip the kernel in space
     out_channels, in_per_group = weight.shape[:2]
     kernel = tuple(weight.shape[2:])
@@ -97,12 +95,84 @@ def input_gradient(module: _ConvNd, grad: Tensor, weight: Tensor | None = None) 
     )
     padding = _padding(module)
     assert padding is not None
-    reach = [d * (k - 1) - p for d, k, p in zip(module.dilation, module.kernel_size, padding, strict=True)]
-    return conv(grad, swapped, None, padding=reach, dilation=module.dilation, groups=groups)
+    reach = tuple(d * (k - 1) - p for d, k, p in zip(module.dilation, module.kernel_size, padding, strict=True))
+    return _convolve(grad, swapped[rows], (1,) * dims, reach, module.dilation, groups)
 
 
-class _Computed:
-    """The convolution's output, handed to the Function outside its tensor inputs.
+def channel_span(x: Tensor) -> tuple[int, int] | None:
+    """The channels of ``x`` whose gradient autograd can use, when that is fewer than all; else None.
+
+    ``x`` a concatenation along channels of which only some inputs require grad: a
+    U-Net's skip connection, encoder features computed before the explained layer
+    (no grad) joined to the decoder's. Autograd drops the gradient of inputs that do not
+    require grad, so only the channels of those that do are needed. Recognised when the
+    inputs that require grad form one block and the others all sit on one side of it
+    (their channel count then follows from the total); anything else gives None.
+    """
+    node = x.grad_fn
+    if node is None or node.name() != "CatBackward0":
+        return None
+    try:
+        dim = node._saved_dim  # type: ignore[attr-defined]
+        shapes = [None if fn is None else list(fn._input_metadata[nr].shape) for fn, nr in node.next_functions]
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return None  # another PyTorch's autograd internals: all channels
+    if dim not in (1, 1 - x.dim()):
+        return None
+    needed = [i for i, shape in enumerate(shapes) if shape is not None]
+    if not needed or len(needed) == len(shapes) or needed != list(range(needed[0], needed[-1] + 1)):
+        return None
+    if needed[0] > 0 and needed[-1] < len(shapes) - 1:
+        return None  # inputs without grad on both sides: where the block starts is unknown
+    known = [shapes[i] for i in needed]
+    if any(shape is None or len(shape) != x.dim() for shape in known):
+        return None
+    width = sum(int(shape[1]) for shape in known if shape is not None)
+    channels = x.shape[1]
+    if not 0 < width < channels:
+        return None
+    return (0, width) if needed[0] == 0 else (channels - width, channels)
+
+
+def _on_onednn(x: Tensor) -> bool:
+    """Whether the convolution of ``x`` is handed to oneDNN directly (see :func:`_convolve`)."""
+    return x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+# at most this many channels in and out: oneDNN is faster in channels-last layout, copies included
+_FEW_CHANNELS = 4
+
+
+def _convolve(
+    x: Tensor,
+    weight: Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...] | str,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> Tensor:
+    """The forward convolution ``weight * x`` without bias.
+
+    A 3D float32 convolution on the CPU goes to oneDNN directly. For a batch of one at
+    low resolution PyTorch picks its im2col kernel instead, 5-8x slower for the
+    decoder's 32 -> 32 channel convolutions at 24^3; and with few channels oneDNN
+    itself is ~2x faster in channels-last layout, copies included (the 4 -> 4 channel
+    convolution at 96^3). Measured in benchmarks/RESULTS.md. Same sums, other order:
+    equal to rounding.
+    """
+    if _on_onednn(x) and not isinstance(padding, str):
+        if max(x.shape[1], weight.shape[0]) <= _FEW_CHANNELS:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            weight = weight.contiguous(memory_format=torch.channels_last_3d)
+        else:
+            x, weight = x.contiguous(), weight.contiguous()
+        return torch.mkldnn_convolution(x, weight, None, list(padding), list(stride), list(dilation), groups)
+    conv = _FORWARD[x.dim() - 2]
+    return conv(x, weight, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+class Computed:
+    """A layer's output, handed to a custom Function outside its tensor inputs.
 
     Passed as a tensor input, the output would come back as a view of an input, and a
     later in-place operation (``ReLU(inplace=True)``) on a custom Function's view is an error.
@@ -116,56 +186,59 @@ class _ConvInputGrad(torch.autograd.Function):
     """Gives the already computed output a graph node whose backward is :func:`input_gradient`."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, computed: _Computed, module: _ConvNd) -> Tensor:
+    def forward(
+        ctx: Any, inputs: Tensor, computed: Computed, module: _ConvNd, channels: tuple[int, int] | None
+    ) -> Tensor:
         ctx.module = module
         # the kernel as used now: a model may swap its weights before the backward pass
         # (nnU-Net folds loaded one at a time), as autograd's own saved tensors allow
         ctx.weight = module.weight.detach()
         ctx.input_dtype = inputs.dtype
+        ctx.input_shape = inputs.shape
+        ctx.layout = _layout(inputs)
+        ctx.channels = channels
         return computed.output
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        return input_gradient(ctx.module, grad.contiguous(), ctx.weight).to(ctx.input_dtype), None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        found = input_gradient(ctx.module, grad, ctx.weight, ctx.channels)
+        # in the input's layout, as autograd's own: a channels-last gradient of a batch of one
+        # makes instance norm's backward wrong (torch 2.14), see tests/test_conv_grad.py
+        if ctx.channels is None:
+            return found.to(ctx.input_dtype, memory_format=ctx.layout), None, None, None
+        start, stop = ctx.channels
+        # zeros where autograd drops the gradient (channel_span); one pass over the tensor
+        whole = torch.empty(ctx.input_shape, dtype=ctx.input_dtype, device=grad.device, memory_format=ctx.layout)
+        whole[:, :start].zero_()
+        whole[:, stop:].zero_()
+        whole[:, start:stop].copy_(found)
+        return whole, None, None, None
 
 
-class _Hooks:
-    """Pre/post forward hooks on the eligible convolutions of one model, for one pass."""
-
-    def __init__(self) -> None:
-        self.stack: dict[int, list[bool]] = {}
-
-    def before(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = args[0] if args else None
-        # a transposed convolution given ``output_size`` may pad its output beyond its stride
-        sized = len(args) > 1 or kwargs.get("output_size") is not None
-        active = isinstance(x, Tensor) and torch.is_grad_enabled() and x.requires_grad and not sized
-        self.stack.setdefault(id(module), []).append(active)
-        if active:
-            torch.set_grad_enabled(False)  # the convolution itself records nothing
-
-    def after(self, module: _ConvNd, args: tuple[Any, ...], output: Any) -> Tensor | None:
-        if not self.stack[id(module)].pop():
-            return None
-        torch.set_grad_enabled(True)
-        return _ConvInputGrad.apply(args[0], _Computed(output), module)
+def _layout(x: Tensor) -> torch.memory_format:
+    """The memory format autograd gives the gradient of ``x``: channels-last only for a channels-last ``x``."""
+    if x.dim() in (4, 5) and not x.is_contiguous():
+        layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if x.is_contiguous(memory_format=layout):
+            return layout
+    return torch.contiguous_format
 
 
-@contextlib.contextmanager
-def conv_input_gradients(model: nn.Module) -> Iterator[int]:
-    """For the passes inside, eligible convolutions get their input gradients by forward convolutions.
+def accepts(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether this call of an :func:`eligible` convolution can take the rule.
 
-    Yields how many convolutions are covered. The post hooks run before any other
-    forward hook, so a layer hook on a convolution sees the output that carries the graph.
+    A transposed convolution given ``output_size`` may pad its output beyond its stride.
     """
-    hooks = _Hooks()
-    handles = []
-    try:
-        for module in model.modules():
-            if eligible(module):
-                handles.append(module.register_forward_pre_hook(hooks.before, with_kwargs=True))
-                handles.append(module.register_forward_hook(hooks.after, prepend=True))
-        yield len(handles) // 2
-    finally:
-        for handle in handles:
-            handle.remove()
+    return len(args) == 1 and kwargs.get("output_size") is None
+
+
+def wrap(module: nn.Module, x: Tensor, output: Tensor, partial: bool) -> Tensor:
+    """``output`` (computed without a graph) with a graph node to ``x`` whose backward is :func:`input_gradient`.
+
+    ``partial``: nothing but autograd reads the gradient of ``x``, so the channels it drops
+    (:func:`channel_span`) may be left out.
+    """
+    assert isinstance(module, _ConvNd)
+    channels = channel_span(x) if partial and module.groups == 1 else None
+    result: Tensor = _ConvInputGrad.apply(x, Computed(output), module, channels)
+    return result

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from medcam.core.conv_grad import conv_input_gradients
 from medcam.core.hooks import LayerCapture, LayerError, OutputSelector, select_output
+from medcam.core.input_grads import input_gradients
 from medcam.core.targets import BoundTarget, Target
 
 
@@ -66,7 +66,7 @@ class Probe:
         for _ in range(3):
             # autograd starts at the first hooked layer (LayerCapture(start_graph=True))
             hooks = LayerCapture(self.model, paths, clone, start_graph=gradients)
-            convs = conv_input_gradients(self.model) if gradients else contextlib.nullcontext()
+            convs = input_gradients(self.model, keep=hooks.activations) if gradients else contextlib.nullcontext()
             try:
                 with torch.set_grad_enabled(False), hooks, convs:
                     raw = self.model(x)
