@@ -87,9 +87,16 @@ def similarity_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     ``S = clip(1 - |L1 - L2|, 0, 1)``; fused ``= S max(L1, L2) + (1 - S)(L1 + L2) / 2``
     (not normalised). Returns ``(fused, S)``.
     """
-    agreement = (1 - (first - second).abs()).clamp(0, 1)
-    fused = agreement * torch.maximum(first, second) + (1 - agreement) * (first + second) / 2
+    agreement = _agreement(first, second)
+    fused = torch.maximum(first, second).mul_(agreement)
+    mean = torch.add(first, second).div_(2)
+    fused.add_(mean.mul_(1 - agreement))
     return fused, agreement
+
+
+def _agreement(first: Tensor, second: Tensor) -> Tensor:
+    """``clip(1 - |L1 - L2|, 0, 1)`` in one volume-sized tensor (the fusions run on whole CT volumes)."""
+    return torch.sub(first, second).abs_().neg_().add_(1).clamp_(0, 1)
 
 
 def paper_fusion(
@@ -123,7 +130,7 @@ def agreement_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     ``S`` is returned as 0 where neither map has support (both 0), where agreement is
     trivial. Returns ``(fused, S)``.
     """
-    agreement = (1 - (first - second).abs()).clamp(0, 1)
-    fused = agreement * torch.maximum(first, second) + (1 - agreement) * torch.minimum(first, second)
-    support = (first > 0) | (second > 0)
-    return fused, torch.where(support, agreement, torch.zeros_like(agreement))
+    agreement = _agreement(first, second)
+    fused = torch.maximum(first, second).mul_(agreement)
+    fused.add_(torch.minimum(first, second).mul_(1 - agreement))
+    return fused, agreement.masked_fill_(~((first > 0) | (second > 0)), 0.0)

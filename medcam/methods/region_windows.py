@@ -548,40 +548,47 @@ class EnsembleWindowStitcher(WindowStitcher):
         empty_mask = run.volume_mask(torch.zeros(spatial))
         for n in samples:
             run.masked(n, ("empty", n), empty_mask, base)  # base None: X * 0, the all-zeros volume
-        if self.name == "fusioncam":
+        # volume-sized maps are freed as soon as no later step reads them (a KiTS CT is 200 MB a map)
+        fusion = self.name == "fusioncam"
+        segmentation = fusion and self.fusion.variant == "segmentation"
+        aliases = list(gradient_maps)
+        if fusion:
             first = {a: denoise_below_percentile(m, self.theta) for a, m in gradient_maps.items()}
         else:
             first = gradient_maps
+        if not segmentation:
+            del gradient_maps  # only the segmentation guard reads it again
         found = scores_now()
         empty = [found[("empty", n)] for n in samples]
         beta_first = beta(first, "gradient")
         beta_region = beta(region_maps_, "region")
         combined = {}
-        for alias in first:
+        for alias in aliases:
             b_d, b_r = _as_weights(beta_first[alias], beta_region[alias], first[alias])
-            combined[alias] = minmax(b_d * first[alias] + b_r * region_maps_[alias])
+            mix = first.pop(alias).mul_(b_d) if fusion else first[alias] * b_d
+            combined[alias] = minmax(mix.add_(region_maps_[alias] * b_r), inplace=True)
+        del first
         beta_combined = beta(combined, "combined")
         post = context.post
-        if self.name == "fusioncam":
+        if fusion:
             agreement = {}
-            segmentation = self.fusion.variant == "segmentation"
             betas = {
                 a: {
                     "denoised_gradient": beta_first[a].tolist(),
                     "region": beta_region[a].tolist(),
                     "combined": beta_combined[a].tolist(),
                 }
-                for a in first
+                for a in aliases
             }
-            for alias in first:
+            for alias in aliases:
                 b_gr, b_r = _as_weights(beta_combined[alias], beta_region[alias], combined[alias])
-                pair = (b_gr * combined[alias], b_r * region_maps_[alias])
+                pair = (combined.pop(alias).mul_(b_gr), region_maps_.pop(alias).mul_(b_r))
                 if segmentation:
                     fused, agreement[alias] = agreement_fusion(*pair)
-                    self.maps[alias] = minmax(fused)
+                    self.maps[alias] = minmax(fused, inplace=True)
                 else:
                     fused, agreement[alias] = similarity_fusion(*pair)
-                    self.maps[alias] = normalize(fused, post.normalization)
+                    self.maps[alias] = normalize(fused, post.normalization, inplace=True)
                 del pair, fused
             self.extras = {"agreement": agreement}
             self.stats = {"variant": self.fusion.variant, "betas": betas}
@@ -589,15 +596,14 @@ class EnsembleWindowStitcher(WindowStitcher):
                 guarded, self.stats["fallback"] = _guard(
                     run, self.fusion, gradient_maps, self.maps, betas, base, scores_now
                 )
-                self.maps = {a: normalize(m, post.normalization) for a, m in guarded.items()}
+                self.maps = {a: normalize(m, post.normalization, inplace=True) for a, m in guarded.items()}
         else:
             chosen = {}
-            for alias in first:
+            for alias in aliases:
                 better = beta_combined[alias] > beta_region[alias]
                 pick = per_sample(better.float(), combined[alias]) > 0
-                self.maps[alias] = normalize(
-                    torch.where(pick, combined[alias], region_maps_[alias]), post.normalization
-                )
+                kept = torch.where(pick, combined.pop(alias), region_maps_.pop(alias))
+                self.maps[alias] = normalize(kept, post.normalization, inplace=True)
                 chosen[alias] = ["combined" if b else "region" for b in better.tolist()]
             self.stats = {"chosen": chosen}
         self.stats.update(run_stats(run))
