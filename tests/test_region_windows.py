@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from test_inference import BOTTLENECK, FINAL, OUTPUT, box_mask, tiny_unet, volume
 
 import medcam
+import medcam.methods.region as region
 import medcam.methods.region_windows as region_windows
 from medcam.cli import main
 from medcam.core.ops import finalize
@@ -28,6 +29,16 @@ TOL = 1e-5
 # the brute-force references below compute the paper's Score-CAM (X * H_k, probabilities); the segmentation
 # defaults (masks towards air, increase of confidence) are checked against the direct computation instead
 CLASSIC_SCORECAM = {"baseline": "zeros", "weights": "probability"}
+
+
+@pytest.fixture(autouse=True)
+def soft_segmentation_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the windowed computation, which covers soft masks: pin them as the segmentation default.
+
+    The segmentation default is binary masks (docs/methods-region-fusion.md), which run on whole
+    inputs only for now; ``test_binary_default_over_windows_names_the_fix`` checks what a user sees.
+    """
+    monkeypatch.setattr(region, "SEGMENTATION_MASK", "soft")
 
 
 def window_activations(net: torch.nn.Module, padded: torch.Tensor, layer: str, layout) -> list[torch.Tensor]:
@@ -345,3 +356,11 @@ def test_fusioncam_segmentation_variant_runs_on_whole_inputs_only() -> None:
         sliding_window_cam(net, x, create_method("fusioncam"), target, {"l": OUTPUT}, SlidingWindow((8, 8, 8)))
     fits = sliding_window_cam(net, x, create_method("fusioncam"), target, {"l": OUTPUT}, SlidingWindow(None))
     assert fits.stats["windows"] == 1 and not fits.stats["decomposed"]
+
+
+def test_binary_default_over_windows_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(region, "SEGMENTATION_MASK", "binary")  # the shipped default, undoing the fixture
+    net, x = tiny_unet(), volume((16, 16, 16))
+    target = SegmentationTarget(1, pixels=box_mask((16, 16, 16), (3, 4, 5), (11, 9, 14)))
+    with pytest.raises(WindowError, match="mask=soft"):
+        sliding_window_cam(net, x, create_method("scorecam"), target, {"l": BOTTLENECK}, SlidingWindow((8, 8, 8)))
