@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from region_nets import RegionAnswerNet, answer_input, small_classifier, small_input
+from region_nets import RegionAnswerNet, TissueAnswerNet, answer_input, small_classifier, small_input, tissue_input
 
 import medcam
 
@@ -108,3 +108,15 @@ def test_classifier_masks_stay_the_papers() -> None:
     assert exp.stats["masking"]["scorecam"]["mask_top"] == 0.05
     exp = medcam.explain(model, x, "scorecam", target=1, layers="features", mask="binary", mask_top=0.2)
     assert exp.stats["masking"]["scorecam"]["mask_top"] == 0.2
+
+
+def test_binary_masks_keep_the_tissue_a_soft_mask_changes() -> None:
+    # the reason for the segmentation default: a soft mask scales the lesion (1.0) by its
+    # normalised activation (0.5) into 0.65, which the network does not recognise
+    net, x = TissueAnswerNet().eval(), tissue_input()
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out))
+    binary = medcam.explain(net, x, "scorecam", target=target, layers="features")
+    assert binary.stats["masking"]["scorecam"]["mask"] == "binary"
+    assert (_inside(binary.map, net.source) > 0.95).all()
+    soft = medcam.explain(net, x, "scorecam", target=target, layers="features", mask="soft")
+    assert soft.map.max() == 0  # no channel raises the score above the baseline's: a blank map
