@@ -106,3 +106,39 @@ class Splitter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
+
+
+class TissueAnswerNet(nn.Module):
+    """A 3D two-class segmenter that recognises one tissue by its intensity, as a CT model does.
+
+    Input: ``tissue_input`` (fat 0.3 everywhere, a lesion voxel at exactly 1.0 and a bone
+    voxel at 2.0 in the same 3^3 block). The class-1 logit inside ``out`` is high only
+    while some voxel of ``source`` (that block) still reads 1.0 +- 0.05. The hooked layer
+    ``features`` holds 64 spatially separated channels (4^3 blocks). A soft Score-CAM mask
+    of the block's channel is 0.5 at the lesion (its maximum is the bone), which turns the
+    lesion into 0.65, another tissue; a binary mask shows it as it is.
+    """
+
+    def __init__(self, size: int = 12, block: int = 3, gain: float = 20.0) -> None:
+        super().__init__()
+        self.features = Localize(size, block)
+        shape = (size, size, size)
+        self.source = torch.zeros(shape, dtype=torch.bool)
+        self.source[:block, :block, :block] = True
+        self.out = torch.zeros(shape, dtype=torch.bool)
+        self.out[-block:, -block:, -block:] = True
+        self.gain = gain
+
+    def forward(self, x: Tensor) -> Tensor:
+        shown = self.features(x).sum(dim=1)  # the input, through the block channels
+        lesion = torch.exp(-(((shown[:, self.source] - 1.0) / 0.05) ** 2)).amax(dim=1)
+        detector = self.gain * (lesion - 0.5)
+        logit = torch.where(self.out, detector.view(-1, 1, 1, 1), torch.full_like(shown, -5.0))
+        return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+def tissue_input(size: int = 12) -> Tensor:
+    x = torch.full((1, 1, size, size, size), 0.3)
+    x[0, 0, 1, 1, 1] = 1.0  # the lesion
+    x[0, 0, 0, 0, 0] = 2.0  # bone, the block's brightest voxel
+    return x

@@ -297,6 +297,7 @@ def test_bf16_precision_runs_in_bfloat16_and_stays_close() -> None:
         ("scorecam", {"batch_size": 0}, "batch_size must be a positive integer"),
         ("scorecam", {"weights": "softmax"}, "weights='softmax' is not known"),
         ("scorecam", {"precision": "fp16"}, "precision='fp16' is not known"),
+        ("scorecam", {"mask_top": "half"}, "mask_top is the kept fraction"),
         ("scorecam", {"max_channels": 0}, "max_channels must be a positive integer"),
         ("scorecam", {"memory_format": "nhwc"}, "memory_format='nhwc' is not known"),
         ("groupcam", {"groups": 0}, "groups must be a positive integer"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from region_nets import RegionAnswerNet, answer_input
+from region_nets import RegionAnswerNet, TissueAnswerNet, answer_input, small_classifier, small_input, tissue_input
 
 import medcam
 
@@ -86,3 +86,37 @@ def test_segmentation_fusion_is_never_below_its_gradient_part(net: RegionAnswerN
     kept = fusion.stats["fallback"]["features"][0] == "fused"
     assert not kept or betas["keep_fused"][0] >= betas["keep_gradient"][0]
     assert _inside(fusion.map, net.source[1]) >= _inside(gradient.map, net.source[1]) - 1e-6
+
+
+def test_segmentation_default_masks_are_binary_top_one_percent_over_air(net: RegionAnswerNet) -> None:
+    # chosen by measurement (docs/methods-region-fusion.md); the known answer must survive them
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out[0]))
+    exp = medcam.explain(net, _input(), "scorecam", target=target, layers="features")
+    expected = {"mask": "binary", "mask_top": 0.01, "baseline": "min", "weights": "increase"}
+    assert exp.stats["masking"]["scorecam"] == expected
+    assert (_inside(exp.map, net.source[0]) > 0.95).all()
+    fusion = medcam.explain(net, _input(), "fusioncam", target=target, layers="features")
+    assert fusion.stats["contributions"] == {"mask": "binary", "mask_top": 0.01, "baseline": "min"}
+    assert fusion.stats["masking"]["scorecam"] == expected
+
+
+def test_classifier_masks_stay_the_papers() -> None:
+    model, x = small_classifier(2), small_input(2)
+    exp = medcam.explain(model, x, "scorecam", target=1, layers="features")
+    assert exp.stats["masking"]["scorecam"] == {"mask": "soft", "baseline": "zeros", "weights": "probability"}
+    exp = medcam.explain(model, x, "scorecam", target=1, layers="features", mask="binary")
+    assert exp.stats["masking"]["scorecam"]["mask_top"] == 0.05
+    exp = medcam.explain(model, x, "scorecam", target=1, layers="features", mask="binary", mask_top=0.2)
+    assert exp.stats["masking"]["scorecam"]["mask_top"] == 0.2
+
+
+def test_binary_masks_keep_the_tissue_a_soft_mask_changes() -> None:
+    # the reason for the segmentation default: a soft mask scales the lesion (1.0) by its
+    # normalised activation (0.5) into 0.65, which the network does not recognise
+    net, x = TissueAnswerNet().eval(), tissue_input()
+    target = medcam.SegmentationTarget(1, pixels=medcam.Mask(net.out))
+    binary = medcam.explain(net, x, "scorecam", target=target, layers="features")
+    assert binary.stats["masking"]["scorecam"]["mask"] == "binary"
+    assert (_inside(binary.map, net.source) > 0.95).all()
+    soft = medcam.explain(net, x, "scorecam", target=target, layers="features", mask="soft")
+    assert soft.map.max() == 0  # no channel raises the score above the baseline's: a blank map

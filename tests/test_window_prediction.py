@@ -137,7 +137,8 @@ def test_the_shortcut_falls_back_to_a_separate_pass(target: SegmentationTarget, 
     torch.set_num_threads(1)
     net, x = tiny_unet(), volume()
     window = SlidingWindow((8, 8, 8), overlap=0.25)
-    options = {"max_channels": 2, "batch_size": 8} if method == "scorecam" else {}
+    # soft masks: the windowed computation (the segmentation default, binary masks, needs one window)
+    options = {"max_channels": 2, "batch_size": 8, "mask": "soft"} if method == "scorecam" else {}
     result = sliding_window_cam(net, x, create_method(method, **options), target, {"b": LAYERS["bottleneck"]}, window)
     assert result.stats["prediction"] == SEPARATE_PASS
     assert "windows_forward_only" not in result.stats

@@ -51,7 +51,6 @@ from medcam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM
 from medcam.methods.region import (
     AUTO,
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MASK_TOP,
     GroupCAM,
     MaskedInputs,
     Masking,
@@ -127,7 +126,7 @@ class EnsembleMethod(CAMMethod):
         groups: int,
         memory_format: str,
         mask: str = AUTO,
-        mask_top: float = DEFAULT_MASK_TOP,
+        mask_top: float | str = AUTO,
     ) -> None:
         """Check and keep the options Union-CAM and Fusion-CAM share."""
         if not 0.0 <= theta < 100.0:
@@ -161,6 +160,7 @@ class EnsembleMethod(CAMMethod):
         existed), so a classifier's region part stays the paper's Score-CAM on ``X * H_k``.
         """
         mask, _ = self.resolved_masking(segmentation)
+        top = self.masking.resolved_top(segmentation and not self.paper_masking())
         _, baseline = Masking().resolve(segmentation and not self.paper_masking())
         if self.region == ScoreCAM.name:
             return ScoreCAM(
@@ -169,7 +169,7 @@ class EnsembleMethod(CAMMethod):
                 max_channels=self.max_channels,
                 memory_format=self.memory_format,
                 mask=mask,
-                mask_top=self.masking.top,
+                mask_top=top,
                 baseline=baseline,
             )
         return GroupCAM(
@@ -178,7 +178,7 @@ class EnsembleMethod(CAMMethod):
             precision=self.precision,
             memory_format=self.memory_format,
             mask=mask,
-            mask_top=self.masking.top,
+            mask_top=top,
         )
 
     def run(
@@ -201,8 +201,11 @@ class EnsembleMethod(CAMMethod):
             memory_format=self.memory_format,
         )
         mask, baseline = self.resolved_masking(segmentation)
-        contributions = _Contributions(queue, baseline, self.masking.top if mask == "binary" else None)
-        stats: dict[str, Any] = {"contributions": self.masking.describe(segmentation and not self.paper_masking())}
+        seen_as = segmentation and not self.paper_masking()  # the paper variant's auto masking is a classifier's
+        contributions = _Contributions(
+            queue, baseline, self.masking.resolved_top(seen_as) if mask == "binary" else None
+        )
+        stats: dict[str, Any] = {"contributions": self.masking.describe(seen_as)}
         maps, extras = self.ensemble(capture, queue, contributions, region, post, stats)
         stats.update(forward_passes=queue.forwards + 1, scored_inputs=queue.images, precision=queue.precision)
         return MethodResult(maps, capture.target, capture.output, extras=extras, stats=stats)
@@ -230,7 +233,7 @@ class EnsembleMethod(CAMMethod):
             gradient=self.window_gradient(),
             theta=self.theta,
             baseline=baseline,
-            top=self.masking.top if mask == "binary" else None,
+            top=self.masking.resolved_top(segmentation and not self.paper_masking()) if mask == "binary" else None,
             fusion=self.window_fusion(segmentation),
         )
 
@@ -300,7 +303,7 @@ class FusionCAM(EnsembleMethod):
         memory_format: str = "auto",
         variant: str = AUTO,
         mask: str = AUTO,
-        mask_top: float = DEFAULT_MASK_TOP,
+        mask_top: float | str = AUTO,
         tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         if gradient not in GRADIENT_PARTS:
@@ -538,7 +541,7 @@ class UnionCAM(EnsembleMethod):
         groups: int = 32,
         memory_format: str = "auto",
         mask: str = AUTO,
-        mask_top: float = DEFAULT_MASK_TOP,
+        mask_top: float | str = AUTO,
         denoise: str = "positive",
     ) -> None:
         if denoise not in ("positive", "paper"):

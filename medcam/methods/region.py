@@ -58,17 +58,19 @@ SCORECAM_WEIGHTS: tuple[str, ...] = ("probability", "increase", "softmax_over_ch
 DEFAULT_BATCH_SIZE = 16
 
 AUTO = "auto"
-# How a segmentation target is scored on a masked input when mask / baseline are "auto":
-# chosen by measurement (energy inside the true tumour on held-out KiTS-like phantoms with
-# the demo U-Net, benchmarks/bench_masking.py, docs/methods-region-fusion.md). Classifiers
-# keep the papers' soft masks on the all-zeros image.
-SEGMENTATION_MASK = "soft"
+# How a segmentation target is scored on a masked input when mask / mask_top / baseline are
+# "auto": chosen by measurement (energy inside the true tumour and keep-top-k on held-out
+# KiTS-like phantoms with the demo U-Net, benchmarks/bench_seg_region.py,
+# docs/methods-region-fusion.md): binary masks of each map's top 1 % over air. Classifiers
+# keep the papers' soft masks on the all-zeros image (and 5 % when asked for binary masks).
+SEGMENTATION_MASK = "binary"
+SEGMENTATION_MASK_TOP = 0.01
 SEGMENTATION_BASELINE: BaselineSpec = "min"
 # with a non-zero baseline every masked input scores at least about f_c(x_b); weighting channels
 # by that raw probability adds f_c(x_b) x (the plain channel sum), a diffuse map: segmentation
 # weighs by the increase over the baseline instead
 SEGMENTATION_WEIGHTS = "increase"
-DEFAULT_MASK_TOP = 0.05
+DEFAULT_MASK_TOP = 0.05  # a classifier's kept fraction with mask="binary" (never measured otherwise)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Masking:
 
     ``mask``: ``"soft"`` (H = the min-max normalised upsampled map, the papers'),
     ``"binary"`` (H = 1 on the ``top`` fraction of each upsampled map, else 0) or
-    ``"auto"`` (binary for segmentation targets, soft for classifiers). ``baseline``:
+    ``"auto"`` (binary for segmentation targets, soft for classifiers). ``top``: a
+    fraction in (0, 1] or ``"auto"`` (:data:`SEGMENTATION_MASK_TOP` for segmentation,
+    :data:`DEFAULT_MASK_TOP` for classifiers). ``baseline``:
     ``x_b`` in the one baseline grammar (:func:`medcam.core.perturbation.baseline_image`),
     or ``"auto"`` (``classifier``'s for classifiers, :data:`SEGMENTATION_BASELINE` for
     segmentation). On CT and MR a soft mask times the image turns tissue into other
@@ -86,12 +90,13 @@ class Masking:
     """
 
     mask: str = AUTO
-    top: float = DEFAULT_MASK_TOP
+    top: float | str = AUTO
     baseline: BaselineSpec = AUTO
     classifier: BaselineSpec = "zeros"
 
     def __post_init__(self) -> None:
-        check_masking(SEGMENTATION_MASK if self.mask == AUTO else self.mask, self.top)
+        top = SEGMENTATION_MASK_TOP if isinstance(self.top, str) and self.top == AUTO else self.top
+        check_masking(SEGMENTATION_MASK if self.mask == AUTO else self.mask, top)  # type: ignore[arg-type]
         for spec in (self.baseline, self.classifier):
             if isinstance(spec, str) and spec != AUTO and spec not in BASELINES:
                 raise UserError(f"baseline={spec!r} is not known; use one of {(AUTO, *BASELINES)} or a number")
@@ -104,12 +109,18 @@ class Masking:
             baseline = SEGMENTATION_BASELINE if segmentation else self.classifier
         return mask, baseline
 
+    def resolved_top(self, segmentation: bool) -> float:
+        """The kept fraction of a binary mask for a target."""
+        if isinstance(self.top, str):
+            return SEGMENTATION_MASK_TOP if segmentation else DEFAULT_MASK_TOP
+        return float(self.top)
+
     def describe(self, segmentation: bool) -> dict[str, Any]:
         """What ran, for ``stats``."""
         mask, baseline = self.resolve(segmentation)
         out: dict[str, Any] = {"mask": mask, "baseline": baseline if not isinstance(baseline, Tensor) else "tensor"}
         if mask == "binary":
-            out["mask_top"] = self.top
+            out["mask_top"] = self.resolved_top(segmentation)
         return out
 
 
@@ -428,9 +439,9 @@ class ScoreCAM(RegionMethod):
 
     s_k = p_c(x_b + H_k (X - x_b)), H_k = mm(U(A_k)) (``mask="soft"``) or its top
     ``mask_top`` fraction (``"binary"``), x_b the ``baseline`` (zeros: X * H_k, the
-    official code's); channels with a constant map are skipped. ``mask`` and
-    ``baseline`` default to ``"auto"``: soft over zeros for classifiers, binary over
-    :data:`SEGMENTATION_BASELINE` for segmentation targets (see :class:`Masking`).
+    official code's); channels with a constant map are skipped. ``mask``, ``mask_top``
+    and ``baseline`` default to ``"auto"``: soft over zeros for classifiers, binary top
+    1 % over :data:`SEGMENTATION_BASELINE` for segmentation targets (see :class:`Masking`).
     ``weights="increase"``: s_k = p_c(masked) - p_c(x_b), the paper's increase of
     confidence (its Eq. 2) with probabilities. ``weights="softmax_over_channels"``:
     the paper's Algorithm 1 (weights = softmax over channels of the logit increase of
@@ -454,7 +465,7 @@ class ScoreCAM(RegionMethod):
         max_channels: int | None = None,
         memory_format: str = "auto",
         mask: str = AUTO,
-        mask_top: float = DEFAULT_MASK_TOP,
+        mask_top: float | str = AUTO,
         baseline: BaselineSpec = AUTO,
     ) -> None:
         check_region_options(batch_size, precision, memory_format)
@@ -479,7 +490,7 @@ class ScoreCAM(RegionMethod):
         weighting = self.resolved_weights(segmentation)
         pgc = weighting == "softmax_over_channels"
         mask, spec = self.masking.resolve(segmentation)
-        top = self.masking.top if mask == "binary" else None
+        top = self.masking.resolved_top(segmentation) if mask == "binary" else None
         base = queue.baseline(spec)
         base_ticket = queue.baseline_ticket(spec) if weighting == "increase" else None
         stats.setdefault("masking", {})[self.name] = {**self.masking.describe(segmentation), "weights": weighting}
@@ -548,7 +559,7 @@ class ScoreCAM(RegionMethod):
             max_channels=self.max_channels,
             baseline=None if zeros and not increase else baseline,
             increase=increase,
-            top=self.masking.top if mask == "binary" else None,
+            top=self.masking.resolved_top(segmentation) if mask == "binary" else None,
         )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
@@ -596,7 +607,7 @@ class GroupCAM(RegionMethod):
         blur_sigma: float = BLUR_SIGMA,
         memory_format: str = "auto",
         mask: str = AUTO,
-        mask_top: float = DEFAULT_MASK_TOP,
+        mask_top: float | str = AUTO,
         baseline: BaselineSpec = AUTO,
     ) -> None:
         check_region_options(batch_size, precision, memory_format)
@@ -638,7 +649,7 @@ class GroupCAM(RegionMethod):
             group_maps=self.group_maps,
             group_scores=group_scores,
             baseline=blurred,
-            top=self.masking.top if mask == "binary" else None,
+            top=self.masking.resolved_top(segmentation) if mask == "binary" else None,
         )
 
     def window_stitcher(self, context: WindowContext) -> WindowStitcher | None:
@@ -651,7 +662,7 @@ class GroupCAM(RegionMethod):
         count = queue.x.shape[0]
         segmentation = capture.target.is_segmentation
         mask, spec = self.masking.resolve(segmentation)
-        top = self.masking.top if mask == "binary" else None
+        top = self.masking.resolved_top(segmentation) if mask == "binary" else None
         if isinstance(spec, str) and spec == "groupcam-blur":  # with this instance's kernel and sigma
             spec = blur_baseline(queue.x, self.blur_kernel, self.blur_sigma)
         blurred, base_ticket = queue.baseline(spec), queue.baseline_ticket(spec)
