@@ -176,3 +176,16 @@ def test_forward_of_a_covered_layer_is_per_instance() -> None:
     with onednn_convolutions(model):
         assert nn.Conv3d.forward is original
         assert "forward" not in vars(other)
+
+
+def test_a_deep_copy_made_inside_computes_with_its_own_weights() -> None:
+    model = _net()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with onednn_convolutions(model):
+        clone = copy.deepcopy(model)
+    reference = _net()
+    with torch.no_grad():
+        clone[0].weight.mul_(2)
+        reference.load_state_dict(clone.state_dict())
+        torch.testing.assert_close(clone(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(clone(x), model(x))

@@ -21,6 +21,7 @@ tensor reaching instance norm's backward at batch one is wrong in torch 2.14
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,16 +70,11 @@ def onednn_convolutions(model: nn.Module) -> Iterator[int]:
     try:
         for module in model.modules():
             if type(module) is nn.Conv3d and "forward" not in module.__dict__:
-                module.__dict__["forward"] = _bound(module)  # what ``module.forward = ...`` stores
+                # what ``module.forward = ...`` stores; a bound method (not a closure), so that a
+                # deep copy made meanwhile calls its own weights
+                module.__dict__["forward"] = types.MethodType(_forward, module)
                 covered.append(module)
         yield len(covered)
     finally:
         for module in covered:
             del module.__dict__["forward"]
-
-
-def _bound(module: nn.Conv3d) -> Any:
-    def forward(*args: Any, **kwargs: Any) -> Tensor:
-        return _forward(module, *args, **kwargs)
-
-    return forward
