@@ -150,8 +150,9 @@ def _convolve(
     padding: tuple[int, ...] | str,
     dilation: tuple[int, ...],
     groups: int,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """The forward convolution ``weight * x`` without bias.
+    """The forward convolution ``weight * x`` (+ ``bias``).
 
     A 3D float32 convolution on the CPU goes to oneDNN directly. For a batch of one at
     low resolution PyTorch picks its im2col kernel instead, 5-8x slower for the
@@ -166,9 +167,9 @@ def _convolve(
             weight = weight.contiguous(memory_format=torch.channels_last_3d)
         else:
             x, weight = x.contiguous(), weight.contiguous()
-        return torch.mkldnn_convolution(x, weight, None, list(padding), list(stride), list(dilation), groups)
+        return torch.mkldnn_convolution(x, weight, bias, list(padding), list(stride), list(dilation), groups)
     conv = _FORWARD[x.dim() - 2]
-    return conv(x, weight, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return conv(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 class Computed:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from medcam.core.fast_conv import onednn_convolutions
 from medcam.core.hooks import LayerCapture, LayerError, OutputSelector, select_output
 from medcam.core.input_grads import input_gradients
 from medcam.core.targets import BoundTarget, Target
@@ -43,7 +44,7 @@ class Probe:
 
     def forward(self, x: Tensor) -> Tensor:
         """Model output for ``x`` (selected), without hooks and without autograd."""
-        with torch.no_grad():
+        with torch.no_grad(), onednn_convolutions(self.model):
             return select_output(self.model(x.to(self.device)), self.selector)
 
     def capture(
@@ -68,7 +69,7 @@ class Probe:
             hooks = LayerCapture(self.model, paths, clone, start_graph=gradients)
             convs = input_gradients(self.model, keep=hooks.activations) if gradients else contextlib.nullcontext()
             try:
-                with torch.set_grad_enabled(False), hooks, convs:
+                with torch.set_grad_enabled(False), hooks, convs, onednn_convolutions(self.model):
                     raw = self.model(x)
             except RuntimeError as err:
                 # an in-place operation right after a hooked layer touched the leaf made there

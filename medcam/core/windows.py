@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medcam.core.fast_conv import onednn_convolutions
 from medcam.core.hooks import OutputSelector, evaluation_mode, select_output
 from medcam.core.targets import BoundTarget
 from medcam.errors import UserError
@@ -140,7 +141,7 @@ def predict(
         return select_output(model(patch), output)
 
     roi = window.roi_for(tuple(x.shape[2:]))
-    with torch.no_grad(), evaluation_mode(model):
+    with torch.no_grad(), evaluation_mode(model), onednn_convolutions(model):
         result = sliding_window_inference(
             x,
             roi,
