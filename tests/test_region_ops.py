@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,25 @@ def test_separable_resize_matches_f_interpolate(shape, size, align_corners: bool
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
     expected = F.interpolate(maps[:, None], size=size, mode=mode, align_corners=align_corners)[:, 0]
     torch.testing.assert_close(resize(maps, size, align_corners=align_corners), expected, atol=1e-6, rtol=0)
+
+
+def test_binarise_top_ranks_a_long_row_in_parts_with_the_same_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CT-sized map is ranked part by part (no copy of the whole row); ties and the keep count are unchanged."""
+    import medcam.core.perturbation as perturbation
+
+    torch.manual_seed(0)
+    maps = torch.randn(2, 30, 20, 10).round(decimals=1)  # many ties at the threshold
+    whole = perturbation.binarise_top(maps, 0.05)
+    monkeypatch.setattr(perturbation, "TOPK_PART", 37)  # parts of 37 of the 6000 values, the last one short
+    parted = perturbation.binarise_top(maps, 0.05)
+    assert torch.equal(parted, whole)
+    rows = maps.flatten(1)
+    expected = rows.sort(dim=1, descending=True).values[:, 299:300]
+    assert torch.equal(perturbation._kth_largest(rows, 300), expected)
+
+
+def test_release_free_memory_is_safe_to_call() -> None:
+    from medcam.core.memory import release_free_memory
+
+    released = release_free_memory()
+    assert isinstance(released, bool) and (not released or sys.platform.startswith("linux"))

@@ -237,6 +237,23 @@ def check_masking(masking: str, top: float) -> None:
         raise UserError(f"mask_top is the kept fraction of each mask in (0, 1], got {top!r}")
 
 
+# rows longer than this are ranked in parts (a CT volume's map is 50 M+ voxels)
+TOPK_PART = 1 << 23
+
+
+def _kth_largest(rows: Tensor, keep: int) -> Tensor:
+    """The ``keep``-th largest value of each row, ``(Q, 1)``.
+
+    ``topk`` works on a copy of its whole row; on a long row the top ``keep`` of each part
+    of :data:`TOPK_PART` values are taken first: the row's top ``keep`` are among them, so
+    the value is the same, and no copy of the row is made.
+    """
+    if rows.shape[1] <= TOPK_PART:
+        return rows.topk(keep, dim=1).values[:, -1:]
+    parts = [part.topk(min(keep, part.shape[1]), dim=1).values for part in rows.split(TOPK_PART, dim=1)]
+    return torch.cat(parts, dim=1).topk(keep, dim=1).values[:, -1:]
+
+
 def binarise_top(masks: Tensor, fraction: float) -> Tensor:
     """Each mask of ``(Q, *S)`` as 0/1: 1 on its ``fraction`` highest pixels (at least one pixel).
 
@@ -247,7 +264,7 @@ def binarise_top(masks: Tensor, fraction: float) -> Tensor:
     """
     rows = masks.reshape(masks.shape[0], -1).float()
     keep = max(1, round(fraction * rows.shape[1]))
-    threshold = rows.topk(keep, dim=1).values[:, -1:]
+    threshold = _kth_largest(rows, keep)
     low = rows.amin(dim=1, keepdim=True)
     return (
         ((rows >= threshold) & (rows > low))

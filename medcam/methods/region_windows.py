@@ -49,6 +49,7 @@ from medcam.core.combine import (
     per_sample,
     similarity_fusion,
 )
+from medcam.core.memory import release_free_memory
 from medcam.core.ops import minmax, normalize, upsample
 from medcam.core.perturbation import BaselineSpec, baseline_image, binarise_top, blend, resize
 from medcam.core.probe import Probe
@@ -346,6 +347,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
     if region.needs_gradients and not run.weights:
         run.gradient_pass(None)
     chunks = run.fill_cache(0, None)
+    release_free_memory()  # the clean pass's temporaries: the masked passes that follow are the peak
     samples = range(context.samples)
     meeting = sum(len(m) for m in passes.meeting)
     windows = len(context.layout.slices) * context.samples
@@ -411,6 +413,7 @@ def region_maps(run: _Run, *, extra_volumes: int) -> dict[str, Tensor]:
         raws[alias] = maps[0][None] if len(maps) == 1 else torch.stack(maps)
         run.layer_stats[alias] = layer
     run.cache = {}  # an ensemble's steps after this need the maps only
+    release_free_memory()
     return raws
 
 
