@@ -122,14 +122,14 @@ def test_separable_resize_matches_f_interpolate(shape, size, align_corners: bool
     torch.testing.assert_close(resize(maps, size, align_corners=align_corners), expected, atol=1e-6, rtol=0)
 
 
-def test_binarise_top_ranks_a_long_row_in_parts_with_the_same_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CT-sized map is ranked part by part (no copy of the whole row); ties and the keep count are unchanged."""
+def test_binarise_top_finds_a_long_rows_threshold_without_sorting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CT-sized map's threshold comes from a histogram and the few values above it: the same value, ties kept."""
     import medcam.core.perturbation as perturbation
 
     torch.manual_seed(0)
     maps = torch.randn(2, 30, 20, 10).round(decimals=1)  # many ties at the threshold
     whole = perturbation.binarise_top(maps, 0.05)
-    monkeypatch.setattr(perturbation, "TOPK_PART", 37)  # parts of 37 of the 6000 values, the last one short
+    monkeypatch.setattr(perturbation, "TOPK_PART", 37)  # every row of 6000 values counts as long
     parted = perturbation.binarise_top(maps, 0.05)
     assert torch.equal(parted, whole)
     rows = maps.flatten(1)
