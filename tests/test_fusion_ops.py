@@ -138,3 +138,18 @@ def test_union_denoising_on_positive_gradients_changes_a_channel_the_paper_step_
     # the 10th percentile of [0.1 .. 0.8] is 0.17: 0.1 is dropped, negatives and zeros are 0
     expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]).view(1, 1, 11)
     torch.testing.assert_close(positive, expected)
+
+
+@pytest.mark.parametrize("block", [1000, 999])
+def test_fusions_of_large_maps_in_blocks_are_the_same_values(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Whole-CT maps are fused block by block (bounded temporaries): bit for bit the one-shot result."""
+    import medcam.core.combine as combine
+
+    generator = torch.Generator().manual_seed(1)
+    first = (torch.rand(2, 30, 40, 50, generator=generator) * 1.7 - 0.3).clamp_min(0)
+    second = (torch.rand(2, 30, 40, 50, generator=generator) * 1.2 - 0.1).clamp_min(0)
+    whole = [combine.similarity_fusion(first, second), combine.agreement_fusion(first, second)]
+    monkeypatch.setattr(combine, "FUSION_BLOCK", block)  # 120000 elements: 120 or 121 blocks, the last short
+    parts = [combine.similarity_fusion(first, second), combine.agreement_fusion(first, second)]
+    for (fused, agreement), (fused_b, agreement_b) in zip(whole, parts, strict=True):
+        assert torch.equal(fused, fused_b) and torch.equal(agreement, agreement_b)

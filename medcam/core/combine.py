@@ -7,6 +7,8 @@ Formulas: docs/methods-region-fusion.md, "Fusion-CAM".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -87,6 +89,10 @@ def similarity_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     ``S = clip(1 - |L1 - L2|, 0, 1)``; fused ``= S max(L1, L2) + (1 - S)(L1 + L2) / 2``
     (not normalised). Returns ``(fused, S)``.
     """
+    return _blockwise(first, second, _similarity_block)
+
+
+def _similarity_block(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     agreement = _agreement(first, second)
     fused = torch.maximum(first, second).mul_(agreement)
     mean = torch.add(first, second).div_(2)
@@ -95,8 +101,26 @@ def similarity_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _agreement(first: Tensor, second: Tensor) -> Tensor:
-    """``clip(1 - |L1 - L2|, 0, 1)`` in one volume-sized tensor (the fusions run on whole CT volumes)."""
+    """``clip(1 - |L1 - L2|, 0, 1)``."""
     return torch.sub(first, second).abs_().neg_().add_(1).clamp_(0, 1)
+
+
+# elements per block of a fusion: its temporaries stay a few MB on a whole CT volume (200 MB a map)
+FUSION_BLOCK = 1 << 22
+
+
+def _blockwise(
+    first: Tensor, second: Tensor, fuse: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """``fuse`` (elementwise) over blocks of :data:`FUSION_BLOCK` elements: the same values, two outputs of memory."""
+    if first.numel() <= FUSION_BLOCK or first.shape != second.shape:
+        return fuse(first, second)
+    fused, agreement = torch.empty_like(first), torch.empty_like(first)
+    flat = (first.reshape(-1), second.reshape(-1), fused.view(-1), agreement.view(-1))
+    for start in range(0, first.numel(), FUSION_BLOCK):
+        block = slice(start, start + FUSION_BLOCK)
+        flat[2][block], flat[3][block] = fuse(flat[0][block], flat[1][block])
+    return fused, agreement
 
 
 def paper_fusion(
@@ -130,6 +154,10 @@ def agreement_fusion(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     ``S`` is returned as 0 where neither map has support (both 0), where agreement is
     trivial. Returns ``(fused, S)``.
     """
+    return _blockwise(first, second, _agreement_block)
+
+
+def _agreement_block(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor]:
     agreement = _agreement(first, second)
     fused = torch.maximum(first, second).mul_(agreement)
     fused.add_(torch.minimum(first, second).mul_(1 - agreement))
