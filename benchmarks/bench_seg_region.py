@@ -21,18 +21,15 @@ settings. Prints markdown tables and writes every number to ``--json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_masking import samples  # the eval config's held-out phantoms, as bench_masking reads them
 
 from medcam.api import explain
-from medcam.evaluate.command import load_network
-from medcam.evaluate.config import load_config
-from medcam.evaluate.samples import open_samples
 from medcam.metrics.localisation import energy_inside
 from medcam.metrics.region_faithfulness import keep_remove_top_k, random_map
 
@@ -65,14 +62,6 @@ SCORECAM: list[tuple[str, dict[str, Any]]] = [
     ("binary 2 %, min, increase", {"mask": "binary", "mask_top": 0.02, "baseline": "min", "weights": "increase"}),
 ]
 MULTIPLES = (0.5, 1.0, 2.0, 4.0)
-
-
-def samples(root: str, cases: int) -> tuple[Any, list[Any]]:
-    config = load_config("configs/eval_kits_phantom.yaml")
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=root, samples=cases))
-    bundle, _ = load_network(config.model)
-    chosen = open_samples(config, bundle.meta)
-    return bundle.model, [chosen[i] for i in range(len(chosen))]
 
 
 def score(model: Any, x: torch.Tensor, maps: torch.Tensor, target: Any, truth: torch.Tensor) -> dict[str, float]:
