@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from bench_core import unet3d
+from timing import interleaved
 
 import medcam
 from medcam.core import conv_grad, input_grads
@@ -65,14 +66,7 @@ def main() -> None:
             cam()
 
     runs: dict[str, Callable[[], None]] = {"forward": forward, "new": cam, "previous": previous}
-    for run in runs.values():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.process_time()
-            run()
-            seconds[name].append(time.process_time() - start)
+    seconds = interleaved(runs, repeats, time.process_time)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {repeats} interleaved runs, process CPU time\n")
     print("### Seg-HiRes-Grad CAM at the bottleneck, MONAI UNet 3D 1x1x96x96x96: input-gradient rules on / off\n")
     print("| what | min ms (x forward) | median ms (x forward) |\n|---|---:|---:|")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from bench_core import unet3d
+from timing import interleaved
 
 from medcam.core.fast_conv import onednn_convolutions
 
@@ -68,13 +69,7 @@ def explain_rows(size: str, repeats: int, clock: Callable[[], float]) -> None:
             probe.onednn_convolutions, windows.onednn_convolutions = saved
 
     runs = {"MONAI sliding_window_inference": inference, "explain, PyTorch Conv3d": explain_off, "explain": explain}
-    explain()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = clock()
-            run()
-            seconds[name].append(clock() - start)
+    seconds = interleaved(runs, repeats, clock)
     print(f"### {size}: {' x '.join(map(str, shape))} voxels, {patch}^3 windows, M = tumour mask, fp32\n")
     print("| job | min s | median s | x inference (min) |\n|---|---:|---:|---:|")
     base = min(seconds["MONAI sliding_window_inference"])
@@ -116,12 +111,7 @@ def main() -> None:
 
             runs[f"{name} torch"], runs[f"{name} onednn"] = plain, fast
         diff = (runs["no_grad torch"]() - runs["no_grad onednn"]()).abs().max().item()
-        seconds: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, run in runs.items():
-                start = clock()
-                run()
-                seconds[name].append(clock() - start)
+        seconds = interleaved(runs, repeats, clock)
         for mode_name in ("no_grad", "inference_mode"):
             a, b = seconds[f"{mode_name} torch"], seconds[f"{mode_name} onednn"]
             print(

@@ -26,3 +26,16 @@ def measure(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple
             wall[key].append(time.perf_counter() - start)
             cpu[key].append(time.process_time() - start_cpu)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in runs}
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, clock: Callable[[], float]) -> dict[str, list[float]]:
+    """Every time of each run (``clock`` seconds) after one warm-up each, runs interleaved round by round."""
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            start = clock()
+            run()
+            seconds[key].append(clock() - start)
+    return seconds
