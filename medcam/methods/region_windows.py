@@ -503,7 +503,9 @@ class EnsembleWindowStitcher(WindowStitcher):
         self.theta = theta
         self.baseline = baseline
         self.top = top  # binary masks for the contributions: the kept fraction of each map
-        self.fusion = fusion or Fusion()
+        self.fusion = fusion  # Fusion-CAM's variant; None for Union-CAM
+        # Fusion-CAM's segmentation variant ends with its guard (more masked volumes, the gradient maps kept)
+        self.guarded = fusion is not None and fusion.variant == "segmentation"
         self.gradient = CombineStitcher(gradient, replace(context, post=INTERNAL))
         self.maps: dict[str, Tensor] = {}
         self.extras: dict[str, dict[str, Tensor]] = {}
@@ -521,7 +523,7 @@ class EnsembleWindowStitcher(WindowStitcher):
         run = _Run(passes, context, self.region, self.name)
         run.gradient_pass(self.gradient.take)
         gradient_maps = self.gradient.finish().maps
-        guard = 1 + 4 * len(context.layers) if self.fusion.variant == "segmentation" else 0
+        guard = 1 + 4 * len(context.layers) if self.guarded else 0
         raws = region_maps(run, extra_volumes=1 + 3 * len(context.layers) + guard)
         region_maps_ = {alias: INTERNAL.apply(raw, spatial) for alias, raw in raws.items()}
         del raws
@@ -552,8 +554,8 @@ class EnsembleWindowStitcher(WindowStitcher):
         for n in samples:
             run.masked(n, ("empty", n), empty_mask, base)  # base None: X * 0, the all-zeros volume
         # volume-sized maps are freed as soon as no later step reads them (a KiTS CT is 200 MB a map)
-        fusion = self.name == "fusioncam"
-        segmentation = fusion and self.fusion.variant == "segmentation"
+        fusion = self.fusion is not None
+        segmentation = self.guarded
         aliases = list(gradient_maps)
         if fusion:
             first = {a: denoise_below_percentile(m, self.theta) for a, m in gradient_maps.items()}
@@ -594,6 +596,7 @@ class EnsembleWindowStitcher(WindowStitcher):
                     self.maps[alias] = normalize(fused, post.normalization, inplace=True)
                 del pair, fused
             self.extras = {"agreement": agreement}
+            assert self.fusion is not None
             self.stats = {"variant": self.fusion.variant, "betas": betas}
             if segmentation:
                 guarded, self.stats["fallback"] = _guard(
@@ -626,9 +629,9 @@ class Fusion:
     keep-top-k score, averaged over k = ``multiples`` x |M|, is below the gradient map's).
     """
 
-    variant: str = "normalised"
-    tolerance: float = 0.01
-    multiples: tuple[float, ...] = (1.0, 4.0)
+    variant: str
+    tolerance: float
+    multiples: tuple[float, ...]
 
 
 def _guard(
